@@ -1,0 +1,209 @@
+"""The trial config: one validated schema for a training run, loaded from YAML.
+
+The same schema is the ``fixed:`` part of a search space; searched parameters are dotted paths
+into it (``model.lam``, ``loss.label_smoothing``). Unknown keys are errors, and every error names
+the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reidsearch.errors import ConfigError
+
+LAYOUTS = ("latfpp", "market1501", "dukemtmc", "msmt17", "generic")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """Parameters of the built-in synthetic re-ID generator (the embedded default dataset)."""
+
+    layout: Literal["latfpp", "market1501", "dukemtmc", "msmt17", "generic"] = "latfpp"
+    ids: int = Field(40, ge=2, description="identities in train (and as many in test)")
+    test_ids: int | None = Field(None, ge=1, description="identities in query/gallery")
+    cameras: int = Field(2, ge=2)
+    images_per_camera: int = Field(4, ge=1)
+    height: int = Field(128, ge=16)
+    width: int = Field(48, ge=8)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the images come from and at which resolution the model sees them."""
+
+    layout: Literal["latfpp", "market1501", "dukemtmc", "msmt17", "generic"] = "latfpp"
+    root: str | None = Field(None, description="dataset folder; None uses `synthetic`")
+    synthetic: SyntheticConfig | None = None
+    camera_regex: str | None = Field(None, description="generic layout: regex with one group")
+    height: int = Field(224, ge=16)
+    width: int = Field(224, ge=16)
+    cache_dir: str | None = Field(None, description="decoded-image cache; default ~/.cache")
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _root_or_synthetic(self) -> DataConfig:
+        if self.root is None and self.synthetic is None:
+            self.synthetic = SyntheticConfig(layout=self.layout)
+        return self
+
+
+class ModelConfig(_Strict):
+    """ViT backbone + locally aware head (see reidsearch.modeling)."""
+
+    backbone: str = "vit_base_patch16_224"
+    pretrained: bool = Field(False, description="timm's pretrained weights (needs internet)")
+    weights: str | None = Field(None, description="local .safetensors/.pth/.npz backbone file")
+    depth: int | None = Field(None, ge=1, description="keep only the first N blocks (tiny tests)")
+    embed_dim: int | None = Field(None, ge=8, description="override width (random init only)")
+    num_heads: int | None = Field(None, ge=1)
+    head: Literal["latf", "latfpp"] = "latfpp"
+    lam: float = Field(8.0, ge=0.0, description="GELT: G_i = (cls + lam * row_i) / (1 + lam)")
+    bottleneck_dim: int = Field(256, ge=8)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    feature: str = Field("default", description="test-time feature name of the head")
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LossConfig(_Strict):
+    """Weighted sum of (label-smoothed) cross entropy and batch-hard triplet on embeddings."""
+
+    ce_weight: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    triplet_weight: float = Field(0.0, ge=0.0)
+    triplet_margin: float | None = Field(0.3, ge=0.0, description="None = soft margin")
+    row_reduction: Literal["mean", "sum"] = "mean"
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> LossConfig:
+        if self.ce_weight == 0 and self.triplet_weight == 0:
+            raise ValueError("ce_weight and triplet_weight are both 0: nothing to train")
+        return self
+
+
+class UnfreezeConfig(_Strict):
+    """Blockwise fine-tuning (LA-TF recipe): start frozen, unfreeze more blocks every few epochs."""
+
+    enabled: bool = False
+    every: int = Field(2, ge=1, description="epochs between unfreezing steps")
+    blocks_per_step: int = Field(1, ge=1)
+    lr_mult: float = Field(0.8, gt=0.0, description="lr multiplier applied at each step")
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    unfreeze: UnfreezeConfig = UnfreezeConfig()
+
+
+class SamplerConfig(_Strict):
+    """P identities x K images per batch (batch = P * K per worker)."""
+
+    p: int = Field(8, ge=1)
+    k: int = Field(4, ge=1)
+
+
+class EvalConfig(_Strict):
+    period: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    flip: bool = False
+    rerank: bool = False
+    use_camera: bool = Field(True, description="False: keep same-camera matches")
+    batch_size: int = Field(128, ge=1)
+
+
+class ScalingConfig(_Strict):
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class TrialConfig(_Strict):
+    """Everything one training run needs; resolved (no distributions) and serialisable."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    eval: EvalConfig = EvalConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    epochs: int = Field(30, ge=1)
+    seed: int = 0
+    amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    compile: bool = False
+    output_dir: str | None = Field(None, description="checkpoints; default ./reidsearch_runs")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: ``source: key.path: message`` for the first error (and a count of others)."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {msg}{suffix}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, raising ConfigError (naming the file) on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def trial_config_from_dict(data: dict[str, Any], source: str = "<config>") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Load and validate a trial config YAML file."""
+    return trial_config_from_dict(read_yaml(path), str(path))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key = "a.b"``, creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def with_overrides(config: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
+    """Return a new validated config with dotted-key overrides applied (searched values)."""
+    data = copy.deepcopy(config.model_dump())
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return trial_config_from_dict(data, "<overrides>")
