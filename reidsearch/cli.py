@@ -1,0 +1,293 @@
+"""``reidsearch`` command line: run | train | eval | leaderboard | ui | synth | data info.
+
+Heavy imports (torch, ray, mlflow) happen inside the commands, so ``--help`` and validation of
+a malformed file answer at once. User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from reidsearch import __version__
+from reidsearch.config import LAYOUTS
+from reidsearch.errors import ReidSearchError
+
+
+def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
+    from reidsearch.config import with_overrides
+
+    overrides = {}
+    for attr, key in (
+        ("workers", "scaling.workers"),
+        ("gpus_per_worker", "scaling.gpus_per_worker"),
+        ("cpus_per_worker", "scaling.cpus_per_worker"),
+        ("epochs", "epochs"),
+        ("layout", "data.layout"),
+        ("output", "output_dir"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "data", None) is not None:
+        overrides["data.root"] = str(Path(args.data).expanduser().resolve())
+        if not Path(args.data).is_dir():
+            raise ReidSearchError(f"{args.data}: --data: no such folder")
+    return with_overrides(cfg, overrides) if overrides else cfg
+
+
+# --------------------------------------------------------------------------------- commands
+def cmd_synth(args: argparse.Namespace) -> int:
+    from reidsearch.data.synthetic import generate_synthetic
+
+    summary = generate_synthetic(
+        Path(args.out),
+        layout=args.layout,
+        ids=args.ids,
+        test_ids=args.test_ids,
+        cameras=args.cameras,
+        images_per_camera=args.images_per_camera,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+    )
+    print(f"wrote a synthetic {args.layout} dataset to {args.out}")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from reidsearch.data.manifest import format_summary, save_manifest
+    from reidsearch.data.parsers import parse_dataset
+
+    table = parse_dataset(Path(args.root), args.layout, camera_regex=args.camera_regex)
+    print(format_summary(table))
+    if args.save:
+        save_manifest(table, Path(args.save))
+        print(f"manifest written to {args.save}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from reidsearch.config import load_trial_config
+
+    cfg = _apply_train_overrides(load_trial_config(args.config), args)
+    output = Path(cfg.output_dir or "reidsearch_runs").expanduser().resolve()
+    if args.no_ray:
+        from reidsearch.engine.run_local import train_locally
+
+        best = train_locally(cfg, output, name=args.name or Path(args.config).stem)
+    else:
+        from reidsearch.search.single import train_on_ray
+
+        best = train_on_ray(
+            cfg, output, name=args.name or Path(args.config).stem, address=args.address
+        )
+    print(
+        f"best mAP {100 * best['mAP']:.1f}% at epoch {best['epoch']}; "
+        f"model written to {best['path']}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from reidsearch.engine.run_local import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        Path(args.checkpoint),
+        data=args.data,
+        layout=args.layout,
+        rerank=args.rerank,
+        flip=args.flip,
+        feature=args.feature,
+        out_dir=Path(args.out),
+        no_camera=args.no_camera,
+    )
+    print(
+        f"mAP {100 * metrics['mAP']:.2f} | rank-1 {100 * metrics['rank1']:.2f} | "
+        f"rank-5 {100 * metrics['rank5']:.2f} | rank-10 {100 * metrics['rank10']:.2f} | "
+        f"mINP {100 * metrics['mINP']:.2f} | valid queries "
+        f"{int(metrics['num_valid_queries'])}"
+    )
+    print(f"pictures written to {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reidsearch.search.space import load_search_space
+
+    space = load_search_space(args.space)
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise ReidSearchError(f"{args.data}: --data: no such folder")
+        space = space.with_data_root(str(Path(args.data).expanduser().resolve()))
+    if args.dry_run:
+        from reidsearch.search.plan import plan_search
+
+        plan = plan_search(
+            space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
+        )
+        print(space.describe())
+        print(plan.describe())
+        return 0
+    from reidsearch.search.driver import run_search
+    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+
+    plan, _ = run_search(
+        space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
+    )
+    name, rows = fetch_leaderboard(plan.tracking_uri, plan.experiment, top=args.top)
+    print(format_leaderboard(name, rows))
+    print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.tracking_uri import default_tracking_uri
+
+    name, rows = fetch_leaderboard(
+        args.tracking_uri or default_tracking_uri(), args.experiment, top=args.top
+    )
+    print(format_leaderboard(name, rows))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from reidsearch.search.tracking_uri import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    print(f"MLflow UI on http://{args.host}:{args.port} ({uri})", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reidsearch",
+        description="Hyperparameter search for transformer person re-ID (ViT + LA-TF/LA-TF++) "
+        "on Ray Tune + Optuna, tracked in MLflow.",
+    )
+    parser.add_argument("--version", action="version", version=f"reidsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a search space (Ray Tune + Optuna + ASHA, MLflow)")
+    p.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address ('auto' joins a running cluster); "
+        "default: an embedded local Ray sized to this machine",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db)",
+    )
+    p.add_argument("--data", help="dataset folder (overrides fixed.data.root)")
+    p.add_argument("--resume", action="store_true", help="resume the latest run of this space")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the resolved space and resources; start nothing",
+    )
+    p.add_argument("--top", type=int, default=10, help="rows of the final leaderboard")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train one trial config on Ray Train (DDP on N workers)")
+    p.add_argument("config", help="trial config YAML (the `fixed:` schema of a search space)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--data", help="dataset folder (overrides data.root)")
+    p.add_argument("--layout", choices=LAYOUTS)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--output", help="where the best model is written (default reidsearch_runs)")
+    p.add_argument("--name", help="run name (default: the config's file name)")
+    p.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    p.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="train in this process without Ray (one device; e.g. a bare GPU box)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: mAP, CMC, mINP, pictures")
+    p.add_argument("--checkpoint", required=True, help="model.pt / checkpoint.pt or its folder")
+    p.add_argument("--data", help="dataset folder (default: the checkpoint config's dataset)")
+    p.add_argument("--layout", choices=LAYOUTS)
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (20/6/0.3)")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--feature", help="test-time feature of the head (default: the config's)")
+    p.add_argument(
+        "--no-camera",
+        action="store_true",
+        help="keep same-camera matches (datasets without usable camera ids)",
+    )
+    p.add_argument("--out", default="reidsearch_eval", help="folder for the PNG pictures")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("leaderboard", help="print the best trials of a search from MLflow")
+    p.add_argument("--experiment", help="MLflow experiment (default: the newest)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("ui", help="start the MLflow UI (bound to 127.0.0.1)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("synth", help="generate a synthetic re-ID dataset in a chosen layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--layout", choices=LAYOUTS, default="latfpp")
+    p.add_argument("--ids", type=int, default=40, help="train identities")
+    p.add_argument("--test-ids", type=int, help="query/gallery identities (default: --ids)")
+    p.add_argument("--cameras", type=int, default=2)
+    p.add_argument("--images-per-camera", type=int, default=4)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    q = data_sub.add_parser("info", help="parse a dataset folder and print its statistics")
+    q.add_argument("root")
+    q.add_argument("--layout", choices=LAYOUTS, required=True)
+    q.add_argument("--camera-regex", help="generic layout: regex with one group for the camera")
+    q.add_argument("--save", help="also write the manifest as Parquet to this file")
+    q.set_defaults(func=cmd_data_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ReidSearchError as err:
+        print(f"reidsearch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reidsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Score a model on the query/gallery splits of prepared data (features -> metrics -> pictures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reidsearch.config import EvalConfig
+from reidsearch.data.augment import BatchAugment
+from reidsearch.engine.data import PreparedData
+from reidsearch.evaluation import evaluate
+from reidsearch.evaluation.features import extract_features
+
+SCALAR_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP", "num_valid_queries")
+
+
+@dataclass
+class EvalOutput:
+    metrics: dict[str, float]
+    cmc: np.ndarray
+    query_features: torch.Tensor
+    gallery_features: torch.Tensor
+
+
+def _batches(
+    data: PreparedData,
+    index: np.ndarray,
+    augment: BatchAugment,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    for start in range(0, len(index), batch_size):
+        images = data.cache.batch(index[start : start + batch_size]).to(device, non_blocking=True)
+        yield augment(images)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    data: PreparedData,
+    cfg: EvalConfig,
+    *,
+    feature: str = "default",
+    device: torch.device | None = None,
+    amp: bool = True,
+) -> EvalOutput:
+    """Extract L2-normalised query/gallery features and compute mAP, CMC and mINP."""
+    device = device or next(model.parameters()).device
+    height, width = data.cache.images.shape[1:3]
+    augment = BatchAugment(height, width, model.mean, model.std, train=False)
+    was_training = model.training
+    model.eval()
+    try:
+        extract = lambda x: model.extract(x, feature)  # noqa: E731
+        qf = extract_features(
+            extract,
+            _batches(data, data.query_index, augment, cfg.batch_size, device),
+            flip=cfg.flip,
+            device=device,
+            amp=amp,
+        )
+        gf = extract_features(
+            extract,
+            _batches(data, data.gallery_index, augment, cfg.batch_size, device),
+            flip=cfg.flip,
+            device=device,
+            amp=amp,
+        )
+    finally:
+        model.train(was_training)
+    result = evaluate(
+        qf,
+        gf,
+        data.query_pids,
+        data.gallery_pids,
+        data.query_camids,
+        data.gallery_camids,
+        use_camera=cfg.use_camera,
+        rerank=cfg.rerank,
+        q_paths=data.paths(data.query_index),
+        g_paths=data.paths(data.gallery_index),
+    )
+    metrics = {key: float(result[key]) for key in SCALAR_METRICS}
+    return EvalOutput(
+        metrics=metrics, cmc=np.asarray(result["cmc"]), query_features=qf, gallery_features=gf
+    )
+
+
+def write_eval_pictures(
+    output: EvalOutput, data: PreparedData, out_dir: Path, num_queries: int = 4, top: int = 10
+) -> list[Path]:
+    """CMC curve and ranked lists (query + top-10, green = right identity) as PNG files."""
+    from reidsearch.evaluation.plots import plot_cmc, plot_ranked_list
+    from reidsearch.evaluation.retrieval import faiss_topk
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "cmc.png"]
+    plot_cmc(output.cmc, written[0], title=f"CMC (mAP {100 * output.metrics['mAP']:.1f}%)")
+    k = min(top, len(data.gallery_index))
+    _, ranked = faiss_topk(output.query_features.numpy(), output.gallery_features.numpy(), k)
+    q_pids, g_pids = data.query_pids, data.gallery_pids
+    picks = np.linspace(0, len(data.query_index) - 1, num=min(num_queries, len(data.query_index)))
+    for n, qi in enumerate(np.unique(picks.astype(int))):
+        gallery_rows = ranked[qi]
+        path = out_dir / f"ranked_list_{n}.png"
+        plot_ranked_list(
+            data.cache.images[data.query_index[qi]],
+            [data.cache.images[data.gallery_index[g]] for g in gallery_rows],
+            [bool(g_pids[g] == q_pids[qi]) for g in gallery_rows],
+            path,
+        )
+        written.append(path)
+    return written

@@ -1,0 +1,113 @@
+"""Training and evaluation in this process, without Ray: ``reidsearch train --no-ray`` and
+``reidsearch eval``. Useful on a bare GPU machine that has only torch and timm."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reidsearch.config import EvalConfig, TrialConfig, with_overrides
+from reidsearch.engine.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    model_payload,
+    save_atomic,
+)
+from reidsearch.engine.data import PreparedData, prepare_data
+from reidsearch.engine.evaluate import evaluate_model, write_eval_pictures
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
+from reidsearch.errors import ReidSearchError
+from reidsearch.modeling import build_model
+
+
+def warn_leaks(data: PreparedData) -> int:
+    """Warn when query images are byte-identical to gallery images (a leaked split)."""
+    from reidsearch.evaluation.leaks import find_query_gallery_leaks
+
+    pairs = find_query_gallery_leaks(data.paths(data.query_index), data.paths(data.gallery_index))
+    leaked = len({q for q, _ in pairs})
+    if leaked:
+        print(f"reidsearch: warning: {leaked} of {len(data.query_index)} query images are "
+              f"byte-identical to gallery images (e.g. {pairs[0][0]} == {pairs[0][1]})",
+              file=sys.stderr)
+    return leaked
+
+
+def export_best_model(state: dict[str, Any], source_dir: Path | None, target_dir: Path) -> Path:
+    """Write the model-only checkpoint (what ``reidsearch eval`` loads) and copy pictures."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    payload = model_payload(TrialConfig.model_validate(state["config"]), state["model"],
+                            state["num_classes"], state["epoch"], state["metrics"])
+    save_atomic(payload, target_dir / MODEL_FILE)
+    if source_dir is not None:
+        for picture in Path(source_dir).glob("*.png"):
+            shutil.copy2(picture, target_dir / picture.name)
+    return target_dir / MODEL_FILE
+
+
+def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
+    """Train in this process; keeps the latest state (resumable) and the best model."""
+    run_dir = output / name
+    last_dir, best_dir = run_dir / "last", run_dir / "best"
+    resume = load_checkpoint(last_dir / STATE_FILE) if (last_dir / STATE_FILE).is_file() else None
+    if resume is not None:
+        print(f"resuming {name} from epoch {resume['epoch']}")
+    data = prepare_data(cfg.data)
+    warn_leaks(data)
+    best = {"mAP": -1.0, "epoch": 0, "path": best_dir / MODEL_FILE}
+    if resume is not None and (best_dir / MODEL_FILE).is_file():
+        previous = load_checkpoint(best_dir / MODEL_FILE)
+        best.update(mAP=previous["metrics"]["mAP"], epoch=previous["epoch"])
+
+    def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
+        print(f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
+              f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
+              f"{metrics['images_per_s']:8.1f} img/s", flush=True)
+        assert payload is not None
+        payload.write(last_dir)
+        if payload.eval_output is not None and metrics["mAP"] > best["mAP"]:
+            best.update(mAP=metrics["mAP"], epoch=int(metrics["epoch"]))
+            export_best_model(payload.state, last_dir, best_dir)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train(cfg, report, ctx=TrainContext(device=device, progress=sys.stderr.isatty()),
+          resume=resume, data=data)
+    return best
+
+
+def evaluate_checkpoint(path: Path, *, data: str | None = None, layout: str | None = None,
+                        rerank: bool = False, flip: bool = False, feature: str | None = None,
+                        out_dir: Path = Path("reidsearch_eval"),
+                        no_camera: bool = False) -> dict[str, float]:
+    """Rebuild the model of a checkpoint, score it on a dataset and write the pictures."""
+    payload = load_checkpoint(path)
+    if "config" not in payload or "model" not in payload:
+        raise ReidSearchError(f"{path}: not a reidsearch checkpoint (no config/model inside)")
+    cfg = TrialConfig.model_validate(payload["config"])
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        if not Path(data).is_dir():
+            raise ReidSearchError(f"{data}: --data: no such folder")
+        overrides["data.root"] = str(Path(data).expanduser().resolve())
+    if layout is not None:
+        overrides["data.layout"] = layout
+    if feature is not None:
+        overrides["model.feature"] = feature
+    cfg = with_overrides(cfg, overrides) if overrides else cfg
+    prepared = prepare_data(cfg.data)
+    warn_leaks(prepared)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model, payload["num_classes"], (cfg.data.height, cfg.data.width))
+    model.load_state_dict(payload["model"])
+    model.to(device)
+    eval_cfg = EvalConfig(flip=flip, rerank=rerank, use_camera=not no_camera,
+                          batch_size=cfg.eval.batch_size)
+    output = evaluate_model(model, prepared, eval_cfg, feature=cfg.model.feature, device=device,
+                            amp=cfg.amp)
+    write_eval_pictures(output, prepared, out_dir)
+    return output.metrics

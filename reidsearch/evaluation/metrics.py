@@ -1,0 +1,315 @@
+"""Re-ID metrics (mAP, CMC, mINP) under the Market-1501 protocol, exact on the full ranking.
+
+Why not a top-k list: FAISS GPU search caps k at 2048, and full-gallery AP needs the rank of
+every positive. Sorting every similarity row is the slow part of the usual implementation, so
+instead each positive's rank is counted directly: per chunk of queries only gallery items scoring
+at least as high as the query's hardest positive can move a positive's rank; those candidates are
+compared against the query's sorted positives with one binary search.
+
+Ranking order (also the tie rule): score descending, then gallery index ascending, i.e. what a
+stable sort of ``-score`` gives. To make that exact, every (score, index) pair is packed into one
+int64 key (order-preserving bits of the float32 score, then the inverted index), so no two keys
+are equal and ties need no special case.
+
+Scores are float32; a float64 ``distmat`` is ranked after casting to float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+
+
+def _as_numpy_ids(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(np.int64, copy=False).reshape(-1)
+
+
+def _as_float_tensor(x: ArrayLike, device: torch.device | None) -> torch.Tensor:
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if device is not None:
+        t = t.to(device)
+    return t.float()
+
+
+def orderable_bits(x: torch.Tensor) -> torch.Tensor:
+    """Map float32 values to int64 in [0, 2**32) with the same order (-0.0 == +0.0)."""
+    bits = (x.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
+
+
+def _pairs(
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    use_camera: bool,
+    q_paths: Sequence[str] | None,
+    g_paths: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(query, gallery) index pairs of positives and of excluded items, sorted by query.
+
+    Gallery indices refer to the gallery with junk (pid -1) already removed.
+    """
+    num_q, num_g = len(q_pids), len(g_pids)
+    order = np.argsort(g_pids, kind="stable")
+    uniq, start, count = np.unique(g_pids[order], return_index=True, return_counts=True)
+    if len(uniq):
+        slot = np.clip(np.searchsorted(uniq, q_pids), 0, len(uniq) - 1)
+        found = uniq[slot] == q_pids
+    else:
+        slot = np.zeros(num_q, dtype=np.int64)
+        found = np.zeros(num_q, dtype=bool)
+    cnt = np.where(found, count[slot] if len(uniq) else 0, 0)
+    total = int(cnt.sum())
+    qi = np.repeat(np.arange(num_q), cnt)
+    within = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    gi = order[np.repeat(start[slot] if len(uniq) else slot, cnt) + within]
+
+    if use_camera:
+        same_cam = g_camids[gi] == q_camids[qi]
+        return qi[~same_cam], gi[~same_cam], qi[same_cam], gi[same_cam]
+
+    if q_paths is None or g_paths is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return qi, gi, empty, empty
+    by_path: dict[str, list[int]] = {}
+    for j, p in enumerate(g_paths):
+        by_path.setdefault(str(p), []).append(j)
+    eq, eg = [], []
+    for i, p in enumerate(q_paths):
+        for j in by_path.get(str(p), ()):
+            eq.append(i)
+            eg.append(j)
+    ex_q = np.asarray(eq, dtype=np.int64)
+    ex_g = np.asarray(eg, dtype=np.int64)
+    if len(ex_q):
+        excluded = np.isin(qi * num_g + gi, ex_q * num_g + ex_g)
+        qi, gi = qi[~excluded], gi[~excluded]
+    return qi, gi, ex_q, ex_g
+
+
+def _chunk_ranks(
+    scores: torch.Tensor,
+    pq: torch.Tensor,
+    pg: torch.Tensor,
+    index_bits: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ranks of the positives of one chunk of queries.
+
+    scores: (C, G) similarities with excluded items already at -inf; pq/pg: local query and
+    gallery index of each positive. Returns (rows, counts, rank, n_at_or_above) where the last two
+    are per positive in (row, key) ascending order, rank is 1-based among valid items.
+    """
+    num_c, num_g = scores.shape
+    device = scores.device
+    row_shift = 32 + index_bits
+    gmax = (1 << index_bits) - 1
+
+    pvals = scores[pq, pg]
+    thr = torch.full((num_c,), float("inf"), device=device, dtype=scores.dtype)
+    thr.scatter_reduce_(0, pq, pvals, reduce="amin")
+    flat = (scores >= thr[:, None]).view(-1).nonzero().squeeze(1)
+    rows = flat // num_g
+    cols = flat - rows * num_g
+    ckeys = (rows << row_shift) | (orderable_bits(scores.view(-1)[flat]) << index_bits)
+    ckeys |= gmax - cols
+    pkeys = (pq << row_shift) | (orderable_bits(pvals) << index_bits) | (gmax - pg)
+    pkeys, _ = torch.sort(pkeys)
+    prow = pkeys >> row_shift
+
+    counts = torch.bincount(prow, minlength=num_c)
+    off = torch.cumsum(counts, 0) - counts
+    # Bucket of a candidate = number of its row's positives with a smaller key; row r owns the
+    # (counts[r] + 1) slots starting at off[r] + r.
+    bucket = torch.searchsorted(pkeys, ckeys) + rows
+    hist = torch.bincount(bucket, minlength=len(pkeys) + num_c)
+    suffix = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])
+    pos = torch.arange(len(pkeys), device=device)
+    seg_end = off[prow] + counts[prow] + prow + 1
+    greater = suffix[pos + prow + 1] - suffix[seg_end]
+    rank = greater + 1
+    at_or_above = off[prow] + counts[prow] - pos
+    return prow, counts, rank, at_or_above
+
+
+def compute_metrics(
+    scores_fn: Any,
+    num_q: int,
+    num_g: int,
+    pos_q: np.ndarray,
+    pos_g: np.ndarray,
+    ex_q: np.ndarray,
+    ex_g: np.ndarray,
+    max_rank: int,
+    device: torch.device,
+    chunk_size: int = 256,
+) -> dict[str, Any]:
+    """Metrics from a row-chunk score provider ``scores_fn(start, stop) -> (C, num_g)`` tensor."""
+    index_bits = max(1, (max(num_g, 1) - 1).bit_length())
+    if index_bits > 28:
+        raise ValueError(f"gallery of {num_g} items is too large to rank exactly")
+    chunk_size = max(1, min(chunk_size, 1 << (31 - index_bits)))
+
+    ap = np.zeros(num_q, dtype=np.float64)
+    inp = np.zeros(num_q, dtype=np.float64)
+    first = np.zeros(num_q, dtype=np.int64)
+    npos = np.zeros(num_q, dtype=np.int64)
+    pos_bounds = np.searchsorted(pos_q, np.arange(0, num_q + chunk_size, chunk_size))
+    ex_bounds = np.searchsorted(ex_q, np.arange(0, num_q + chunk_size, chunk_size))
+    for c, start in enumerate(range(0, num_q, chunk_size)):
+        stop = min(start + chunk_size, num_q)
+        pa, pb = pos_bounds[c], pos_bounds[c + 1]
+        if pa == pb:
+            continue
+        scores = scores_fn(start, stop)
+        ea, eb = ex_bounds[c], ex_bounds[c + 1]
+        if eb > ea:
+            eq = torch.from_numpy(ex_q[ea:eb] - start).to(device)
+            eg = torch.from_numpy(ex_g[ea:eb]).to(device)
+            scores[eq, eg] = float("-inf")
+        pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
+        pg = torch.from_numpy(pos_g[pa:pb]).to(device)
+        prow, counts, rank, above = _chunk_ranks(scores, pq, pg, index_bits)
+        prec = above.double() / rank.double()
+        ap_sum = torch.zeros(stop - start, dtype=torch.float64, device=device)
+        ap_sum.index_add_(0, prow, prec)
+        last = torch.cumsum(counts, 0) - 1
+        has = counts > 0
+        sl = slice(start, stop)
+        cnt = counts.cpu().numpy()
+        npos[sl] = cnt
+        first_rank = torch.zeros_like(counts)
+        first_rank[has] = rank[last[has]]
+        hardest = torch.ones_like(counts)
+        hardest[has] = rank[(last - counts + 1)[has]]
+        first[sl] = first_rank.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
+            inp[sl] = cnt / hardest.cpu().numpy()
+
+    valid = npos > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError("no query has a valid match in the gallery; check pids and cameras")
+    hist = np.bincount(np.minimum(first[valid], max_rank + 1), minlength=max_rank + 2)
+    cmc = np.cumsum(hist[1 : max_rank + 1]) / num_valid
+    per_query_ap = np.where(valid, ap, np.nan)
+    return {
+        "mAP": float(ap[valid].mean()),
+        "cmc": cmc.astype(np.float64),
+        "mINP": float(inp[valid].mean()),
+        "num_valid_queries": num_valid,
+        "num_queries": num_q,
+        "rank1": float(cmc[0]) if max_rank >= 1 else float("nan"),
+        "rank5": float(cmc[4]) if max_rank >= 5 else float("nan"),
+        "rank10": float(cmc[9]) if max_rank >= 10 else float("nan"),
+        "per_query_ap": per_query_ap,
+        "first_match_rank": np.where(valid, first, 0),
+    }
+
+
+def evaluate(
+    qf: ArrayLike | None,
+    gf: ArrayLike | None,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    *,
+    use_camera: bool = True,
+    distmat: ArrayLike | None = None,
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    q_paths: Sequence[str] | None = None,
+    g_paths: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    chunk_size: int = 256,
+) -> dict[str, Any]:
+    """mAP, CMC, mINP of L2-normalised features (inner product) or of a distance matrix.
+
+    Protocol: junk gallery items (pid -1) are dropped; per query, same-pid-same-camera items are
+    dropped (``use_camera=False``: only gallery items whose path equals the query's path);
+    queries without a remaining match are skipped and counted. AP is over the full ranking.
+    Metrics are fractions in [0, 1]; ``cmc[k-1]`` is rank-k accuracy.
+    """
+    q_pids_np, g_pids_np = _as_numpy_ids(q_pids), _as_numpy_ids(g_pids)
+    q_cam_np, g_cam_np = _as_numpy_ids(q_camids), _as_numpy_ids(g_camids)
+    num_q, num_g_all = len(q_pids_np), len(g_pids_np)
+    if len(q_cam_np) != num_q or len(g_cam_np) != num_g_all:
+        raise ValueError("pids and camids must have one entry per query/gallery item")
+
+    if device is None:
+        src = distmat if distmat is not None else qf
+        device = src.device if isinstance(src, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+
+    if rerank:
+        if qf is None or gf is None:
+            raise ValueError("rerank=True needs query and gallery features")
+        from reidsearch.evaluation.rerank import re_rank
+
+        distmat = re_rank(
+            _as_float_tensor(qf, device),
+            _as_float_tensor(gf, device),
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+        )
+
+    keep = np.flatnonzero(g_pids_np != -1)
+    g_pids_k, g_cam_k = g_pids_np[keep], g_cam_np[keep]
+    g_paths_k = None if g_paths is None else [g_paths[i] for i in keep]
+    if q_paths is not None and len(q_paths) != num_q:
+        raise ValueError("q_paths must have one entry per query")
+    pos_q, pos_g, ex_q, ex_g = _pairs(
+        q_pids_np, g_pids_k, q_cam_np, g_cam_k, use_camera, q_paths, g_paths_k
+    )
+    keep_t = torch.from_numpy(keep).to(device)
+    all_kept = len(keep) == num_g_all
+
+    if distmat is not None:
+        dist = _as_float_tensor(distmat, None)
+        if tuple(dist.shape) != (num_q, num_g_all):
+            raise ValueError(f"distmat has shape {tuple(dist.shape)}, expected {(num_q, num_g_all)}")
+
+        def scores_fn(start: int, stop: int) -> torch.Tensor:
+            rows = dist[start:stop].to(device)
+            if not all_kept:
+                rows = rows.index_select(1, keep_t)
+            return rows.neg()
+
+    else:
+        if qf is None or gf is None:
+            raise ValueError("give features (qf, gf) or distmat")
+        q = _as_float_tensor(qf, device)
+        g = _as_float_tensor(gf, device)
+        if q.shape[0] != num_q or g.shape[0] != num_g_all:
+            raise ValueError("features and pids disagree on the number of items")
+        g_t = (g if all_kept else g.index_select(0, keep_t)).t().contiguous()
+
+        def scores_fn(start: int, stop: int) -> torch.Tensor:
+            return q[start:stop] @ g_t
+
+    with torch.inference_mode():
+        return compute_metrics(
+            scores_fn,
+            num_q,
+            len(keep),
+            pos_q,
+            pos_g,
+            ex_q,
+            ex_g,
+            max_rank,
+            device,
+            chunk_size=chunk_size,
+        )

@@ -1,0 +1,181 @@
+"""The search: Ray Tune over trials that each run a Ray Train TorchTrainer.
+
+Optuna TPE (seeded, known-good points first) proposes the searched parameters, ASHA stops bad
+trials early, and the MLflow callback records everything from this driver process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from reidsearch.config import TrialConfig, with_overrides
+from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, check_fits, init_ray, max_concurrent_trials
+from reidsearch.search.plan import SearchPlan, plan_search
+from reidsearch.search.ray_train import build_torch_trainer
+from reidsearch.search.space import SearchSpace
+from reidsearch.search.tracking import (
+    GRID_KEY,
+    MLflowSearchTracker,
+    trial_params,
+)
+
+METRIC_COLUMNS = ["epoch", "loss", "mAP", "rank1", "images_per_s"]
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial ASHA stopped early was PRUNED, not COMPLETE.
+
+    Ray reports a stopped trial as complete with its truncated value, which TPE would then treat
+    as a finished (bad) configuration. As PRUNED, TPE ranks it by the step it reached and its
+    intermediate values (reported every epoch), which is fair at any rung.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        stopped_early = (
+            not error
+            and result is not None
+            and int(result.get("epoch", self._max_epochs)) < self._max_epochs
+        )
+        if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            from optuna.trial import TrialState
+
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Tune function trainable: resolve this trial's config and run it on Ray Train."""
+    cfg = with_overrides(TrialConfig.model_validate(fixed), trial_params(config))
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_torch_trainer(
+        cfg,
+        name=f"train_{trial_id}",  # stable across trial restarts: checkpoints are found again
+        storage_path=settings["train_storage"],
+        max_failures=settings["max_failures"],
+        objective=settings["objective"],
+        mode=settings["mode"],
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    sched = space.scheduler
+    if sched.type == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=sched.max_t or space.fixed_config.epochs,
+        grace_period=sched.grace_period,
+        reduction_factor=sched.reduction_factor,
+    )
+
+
+def _searcher(space: SearchSpace, max_concurrent: int) -> Any:
+    if space.searcher == "grid":
+        return None
+    searcher = PruneAwareOptunaSearch(
+        space=space.optuna_define_by_run(),
+        metric=space.objective.metric,
+        mode=space.objective.mode,
+        points_to_evaluate=space.points_to_evaluate or None,
+        seed=space.seed,
+        max_epochs=space.fixed_config.epochs,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def run_search(
+    space: SearchSpace,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    verbose: int = 1,
+) -> tuple[SearchPlan, tune.ResultGrid]:
+    """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results."""
+    plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
+    capacity = init_ray(address, num_cpus=plan.local_cpus)
+    check_fits(capacity, space.fixed_config.scaling, str(space.source))
+    fits = max_concurrent_trials(capacity, space.fixed_config.scaling)
+    if fits < plan.max_concurrent:
+        print(
+            f"reidsearch: only {fits} trial(s) fit at once on this Ray cluster "
+            f"({capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs); lowering max_concurrent"
+        )
+        plan.max_concurrent = fits
+
+    fixed = space.fixed_config.model_dump()
+    settings = {
+        "train_storage": str(plan.experiment_dir / "train"),
+        "max_failures": space.max_failures,
+        "objective": space.objective.metric,
+        "mode": space.objective.mode,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, fixed=fixed, settings=settings),
+        {"CPU": TRIAL_DRIVER_CPUS},
+    )
+    tracker = MLflowSearchTracker(
+        tracking_uri=plan.tracking_uri,
+        experiment=plan.experiment,
+        search_name=space.name,
+        experiment_dir=str(plan.experiment_dir),
+        space_file=str(space.source),
+        fixed=fixed,
+        objective=space.objective.metric,
+        mode=space.objective.mode,
+        log_checkpoint=space.mlflow.log_checkpoint,
+    )
+    run_config = tune.RunConfig(
+        name=plan.experiment_dir.name,
+        storage_path=str(plan.experiment_dir.parent),
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        callbacks=[tracker],
+        verbose=verbose,
+        progress_reporter=tune.CLIReporter(
+            metric_columns=METRIC_COLUMNS,
+            parameter_columns=[p.key for p in space.params],
+            max_report_frequency=15,
+        ),
+    )
+    if resume and tune.Tuner.can_restore(str(plan.experiment_dir)):
+        tuner = tune.Tuner.restore(
+            str(plan.experiment_dir),
+            trainable=trainable,
+            resume_errored=True,
+            resume_unfinished=True,
+        )
+    else:
+        param_space: dict[str, Any] = {}
+        if space.searcher == "grid":  # each grid point is one dict of searched values
+            param_space = {GRID_KEY: tune.grid_search(space.grid())}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=space.objective.metric,
+                mode=space.objective.mode,
+                search_alg=_searcher(space, plan.max_concurrent),
+                scheduler=_scheduler(space),
+                num_samples=space.trials,
+                max_concurrent_trials=plan.max_concurrent if space.searcher == "grid" else None,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=run_config,
+        )
+    return plan, tuner.fit()

@@ -1,0 +1,110 @@
+"""One trial on Ray Train: a TorchTrainer whose workers run the pure-torch training loop.
+
+Ray Train sets up the process group (gloo on CPU, nccl on GPU); the engine wraps the model in
+DDP. Every epoch each rank calls ``ray.train.report`` once (it is a barrier); rank 0 attaches a
+checkpoint with the full training state, from which a restarted run resumes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from reidsearch.config import TrialConfig
+from reidsearch.engine.checkpoint import STATE_FILE
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
+
+
+def _print_epoch(metrics: dict[str, float]) -> None:
+    print(
+        f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
+        f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
+        f"{metrics['images_per_s']:8.1f} img/s | lr {metrics['lr']:.2e}",
+        flush=True,
+    )
+
+
+def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbose: bool) -> None:
+    if payload is None:
+        ray.train.report(metrics)
+        return
+    if verbose:
+        _print_epoch(metrics)
+    with tempfile.TemporaryDirectory() as directory:
+        payload.write(Path(directory))
+        ray.train.report(
+            metrics,
+            checkpoint=Checkpoint.from_directory(directory),
+            checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}",
+        )
+
+
+def load_resume_state() -> dict[str, Any] | None:
+    """The training state of the latest checkpoint of this run, if it is a restart."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = TrialConfig.model_validate(loop_config["trial"])
+    verbose = bool(loop_config.get("verbose", False))
+    progress: Any = False
+    if verbose:
+        from ray.experimental.tqdm_ray import tqdm as progress
+    device = ray.train.torch.get_device()
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    ctx = TrainContext(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=device,
+        progress=progress,
+    )
+    train(cfg, lambda m, p: _report(m, p, verbose), ctx=ctx, resume=load_resume_state())
+
+
+def build_torch_trainer(
+    cfg: TrialConfig,
+    *,
+    name: str,
+    storage_path: str | Path,
+    max_failures: int = 0,
+    objective: str = "mAP",
+    mode: str = "max",
+    callbacks: list | None = None,
+    verbose: bool = False,
+) -> TorchTrainer:
+    """A TorchTrainer for one trial. ``name`` must be stable across restarts (a trial id, not a
+    timestamp), or a restarted trial does not find its checkpoints."""
+    resources: dict[str, float] = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.gpus_per_worker > 0:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": cfg.model_dump(), "verbose": verbose},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.workers,
+            use_gpu=cfg.scaling.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).expanduser().resolve())
+            if "://" not in str(storage_path)
+            else str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=objective, checkpoint_score_order=mode
+            ),
+            callbacks=callbacks,
+        ),
+    )

@@ -1,0 +1,38 @@
+"""``reidsearch train``: one trial config on Ray Train (local embedded Ray or a cluster)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reidsearch.config import TrialConfig
+from reidsearch.engine.checkpoint import STATE_FILE
+from reidsearch.engine.run_local import export_best_model
+from reidsearch.errors import ReidSearchError
+from reidsearch.search.cluster import check_fits, init_ray
+
+
+def train_on_ray(cfg: TrialConfig, output: Path, name: str,
+                 address: str | None = None) -> dict[str, Any]:
+    """Fit a TorchTrainer (DDP over ``cfg.scaling.workers``) and export the best model.
+
+    A run with the same ``name`` and ``output`` resumes from its latest checkpoint.
+    """
+    from reidsearch.search.ray_train import build_torch_trainer
+
+    capacity = init_ray(address, num_cpus=None if address else float(os.cpu_count() or 1))
+    check_fits(capacity, cfg.scaling, "reidsearch train", driver_cpus=0.0)
+    trainer = build_torch_trainer(cfg, name=name, storage_path=output, verbose=True)
+    result = trainer.fit()
+    if result.error is not None:
+        raise ReidSearchError(f"training failed: {result.error}")
+    if not result.best_checkpoints:
+        raise ReidSearchError(f"{output / name}: the run reported no checkpoint")
+    checkpoint, metrics = result.best_checkpoints[0]
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        path = export_best_model(state, Path(directory), output / name / "best")
+    return {"mAP": float(metrics["mAP"]), "epoch": int(metrics["epoch"]), "path": path}

@@ -1,0 +1,297 @@
+"""MLflow tracking of a search: one parent run, one child run per trial, from the Tune driver.
+
+Only the driver process writes to MLflow (a Tune callback), so a local sqlite store has a
+single writer even with many concurrent trials; a cluster can use a tracking server URI.
+Logging is idempotent across restarts: per-trial run ids are kept in the experiment folder, and
+epochs already logged are not logged again after a worker restarts from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from reidsearch.config import TrialConfig
+from reidsearch.search.tracking_uri import default_tracking_uri  # noqa: F401 - re-export
+
+PARENT_TAG = "mlflow.parentRunId"
+KIND_TAG = "reidsearch.kind"
+STATE_FILE = "mlflow_runs.json"
+GRID_KEY = "grid_point"
+CHART_METRICS = (
+    "epoch",
+    "loss",
+    "ce",
+    "triplet",
+    "lr",
+    "images_per_s",
+    "epoch_time_s",
+    "mAP",
+    "rank1",
+    "rank5",
+    "rank10",
+    "mINP",
+    "num_valid_queries",
+    "best_mAP",
+    "trainable_blocks",
+)
+
+
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db_path = Path(tracking_uri[len("sqlite:///") :])
+        artifact_location = (db_path.parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched values of a Tune trial config (a grid point is nested under GRID_KEY)."""
+    params = {key: value for key, value in config.items() if key != GRID_KEY}
+    params.update(config.get(GRID_KEY, {}))
+    return params
+
+
+def flatten_config(config: TrialConfig) -> dict[str, str]:
+    """Every resolved setting as a dotted MLflow param (``model.lam`` -> ``8.0``)."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", config.model_dump())
+    return flat
+
+
+class MLflowSearchTracker(Callback):
+    """Tune callback: parent run for the search, a child run per trial, artifacts at the end."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        search_name: str,
+        experiment_dir: str,
+        space_file: str,
+        fixed: dict[str, Any],
+        objective: str,
+        mode: str,
+        log_checkpoint: bool = False,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.search_name = search_name
+        self.experiment_dir = Path(experiment_dir)
+        self.space_file = space_file
+        self.fixed = fixed
+        self.objective = objective
+        self.mode = mode
+        self.log_checkpoint = log_checkpoint
+        self._client: Any = None
+        self._state: dict[str, Any] = {}
+
+    # -- state kept beside the Tune experiment so a resumed search continues the same runs --
+    def _state_path(self) -> Path:
+        return self.experiment_dir / STATE_FILE
+
+    def _save_state(self) -> None:
+        self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state, indent=1))
+        os.replace(tmp, self._state_path())
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def parent_run_id(self) -> str:
+        return self._state["parent"]
+
+    def setup(self, **info: Any) -> None:
+        if self._state_path().is_file():
+            self._state = json.loads(self._state_path().read_text())
+        if "parent" not in self._state:
+            experiment_id = get_or_create_experiment(
+                self.client, self.experiment, self.tracking_uri
+            )
+            run = self.client.create_run(
+                experiment_id,
+                run_name=self.search_name,
+                tags={
+                    KIND_TAG: "search",
+                    "reidsearch.search": self.search_name,
+                    "reidsearch.experiment_dir": str(self.experiment_dir),
+                },
+            )
+            self._state = {"parent": run.info.run_id, "experiment_id": experiment_id, "trials": {}}
+            self.client.log_artifact(run.info.run_id, self.space_file, "search_space")
+            self._save_state()
+        else:
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def _trial_entry(self, trial: Any) -> dict[str, Any]:
+        entry = self._state["trials"].get(trial.trial_id)
+        if entry is not None:
+            return entry
+        from reidsearch.config import with_overrides
+
+        params = trial_params(trial.config)
+        resolved = with_overrides(TrialConfig.model_validate(self.fixed), params)
+        run = self.client.create_run(
+            self._state["experiment_id"],
+            run_name=trial.trial_id,
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                KIND_TAG: "trial",
+                "reidsearch.search": self.search_name,
+                "reidsearch.trial_id": trial.trial_id,
+                "head": resolved.model.head,
+                "dataset": resolved.data.root or f"synthetic-{resolved.data.synthetic.layout}",
+                "backbone": resolved.model.backbone,
+            },
+        )
+        from mlflow.entities import Param
+
+        all_params = flatten_config(resolved)
+        all_params.update({f"searched.{k}": str(v) for k, v in params.items()})
+        items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[start : start + 100])
+        self.client.log_text(
+            run.info.run_id,
+            json.dumps(resolved.model_dump(), indent=2),
+            "config/resolved_config.json",
+        )
+        entry = {
+            "run_id": run.info.run_id,
+            "last_epoch": 0,
+            "best": None,
+            "best_checkpoint": None,
+            "searched": params,
+        }
+        self._state["trials"][trial.trial_id] = entry
+        self._save_state()
+        return entry
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial_entry(trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        from mlflow.entities import Metric
+
+        entry = self._trial_entry(trial)
+        epoch = int(result.get("epoch", 0))
+        if epoch <= entry["last_epoch"]:
+            return  # a restarted worker repeats epochs it had already reported
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(result[key]), now, epoch)
+            for key in CHART_METRICS
+            if key in result and _finite(result[key])
+        ]
+        self.client.log_batch(entry["run_id"], metrics=metrics)
+        entry["last_epoch"] = epoch
+        value = result.get(self.objective)
+        checkpoint = result.get("checkpoint_path")
+        if value is not None and checkpoint and _better(value, entry["best"], self.mode):
+            entry["best"] = float(value)
+            entry["best_checkpoint"] = checkpoint
+            entry["best_epoch"] = epoch
+        self._save_state()
+
+    def _finish_trial(self, trial: Any, status: str) -> None:
+        entry = self._trial_entry(trial)
+        run_id = entry["run_id"]
+        checkpoint = entry.get("best_checkpoint")
+        if checkpoint and Path(checkpoint).is_dir():
+            for picture in sorted(Path(checkpoint).glob("*.png")):
+                self.client.log_artifact(run_id, str(picture), "pictures")
+            if self.log_checkpoint:
+                self.client.log_artifact(
+                    run_id, str(Path(checkpoint) / "checkpoint.pt"), "checkpoint"
+                )
+        if entry.get("best") is not None:
+            self.client.log_metric(run_id, f"best_{self.objective}", entry["best"])
+            self.client.set_tag(run_id, "best_epoch", str(entry.get("best_epoch")))
+        self.client.set_tag(
+            run_id, "stopped_early", str(entry["last_epoch"] < int(self.fixed.get("epochs", 0)))
+        )
+        self.client.set_terminated(run_id, status=status)
+        entry["status"] = status
+        self._save_state()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish_trial(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish_trial(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        rows = []
+        for trial_id, entry in self._state["trials"].items():
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "status": entry.get("status", "UNKNOWN"),
+                    self.objective: entry.get("best"),
+                    "epochs": entry["last_epoch"],
+                    **{f"param.{k}": v for k, v in entry["searched"].items()},
+                }
+            )
+        reverse = self.mode == "max"
+        rows.sort(
+            key=lambda r: (
+                r[self.objective] is None,
+                -(r[self.objective] or 0) if reverse else (r[self.objective] or 0),
+            )
+        )
+        self.client.log_text(self.parent_run_id, json.dumps(rows, indent=1), "summary/trials.json")
+        best = next((r for r in rows if r[self.objective] is not None), None)
+        if best is not None:
+            self.client.log_metric(
+                self.parent_run_id, f"best_{self.objective}", best[self.objective]
+            )
+            self.client.set_tag(self.parent_run_id, "best_trial", best["trial_id"])
+            self.client.log_text(
+                self.parent_run_id, json.dumps(best, indent=1), "summary/best.json"
+            )
+        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best

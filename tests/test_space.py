@@ -1,0 +1,457 @@
+"""Search-space YAML: shipped spaces, validation errors, Optuna define-by-run, grid, resolve."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from reidsearch.config import TrialConfig
+from reidsearch.errors import ConfigError
+from reidsearch.search.space import SearchSpace, load_search_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "search_spaces"
+SHIPPED = ["latfpp", "quickstart", "table1"]
+
+BASE = """\
+name: t
+fixed:
+  epochs: 4
+  model: {backbone: vit_tiny_patch16_224, depth: 2}
+search:
+  model.head: {type: choice, values: [latf, latfpp]}
+  model.lam: {type: uniform, low: 0.5, high: 10.0}
+  optim.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
+  sampler.k: {type: int, low: 2, high: 8, step: 2}
+  loss.triplet_weight: {type: choice, values: [0.0, 1.0]}
+  loss.triplet_margin: {type: uniform, low: 0.1, high: 0.6, when: "loss.triplet_weight > 0"}
+trials: 5
+max_concurrent: 2
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load_text(tmp_path: Path, text: str) -> SearchSpace:
+    return load_search_space(write(tmp_path, text))
+
+
+# --------------------------------------------------------------------------- shipped spaces
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_space_loads_describes_and_resolves(name: str) -> None:
+    space = load_search_space(SPACES / f"{name}.yaml")
+    assert space.name == name
+    assert isinstance(space.fixed_config, TrialConfig)
+    text = space.describe()
+    assert name in text and "objective: max mAP" in text
+    for p in space.params:
+        assert p.key in text
+    # the fixed settings alone, every first point and every grid combination resolve
+    assert space.resolve({}) == space.fixed_config
+    for point in space.points_to_evaluate:
+        cfg = space.resolve(point)
+        for key, value in point.items():
+            section, field = key.split(".")
+            assert getattr(getattr(cfg, section), field) == value
+    if space.searcher == "grid":
+        for combo in space.grid():
+            space.resolve(combo)
+
+
+def test_latfpp_space_matches_the_paper() -> None:
+    space = load_search_space(SPACES / "latfpp.yaml")
+    c = space.fixed_config
+    assert c.data.layout == "latfpp" and c.data.root
+    assert (c.data.height, c.data.width) == (224, 224)
+    assert c.model.backbone == "vit_base_patch16_224" and c.model.pretrained
+    assert c.optim.name == "adam" and c.optim.lr == 3e-4 and c.optim.weight_decay == 5e-4
+    assert c.optim.unfreeze.enabled and c.optim.unfreeze.every == 2
+    assert c.optim.unfreeze.lr_mult == 0.8
+    assert (c.sampler.p, c.sampler.k, c.epochs, c.eval.flip) == (8, 4, 30, False)
+    assert space.keys == [
+        "model.head",
+        "model.lam",
+        "loss.label_smoothing",
+        "loss.triplet_weight",
+        "loss.triplet_margin",
+        "optim.lr",
+    ]
+    assert space.param("loss.triplet_margin").when is not None
+    assert (space.trials, space.max_concurrent) == (24, 4)
+    assert space.scheduler.type == "asha"
+    assert (space.scheduler.grace_period, space.scheduler.reduction_factor) == (5, 2)
+    assert space.scheduler.max_t == 30
+    assert space.resources.gpus_per_worker == 1 and space.resources.cpus_per_worker == 8
+    assert space.fixed_config.scaling == space.resources
+    la_tf, la_tfpp = (space.resolve(p) for p in space.points_to_evaluate)
+    assert la_tf.model.head == "latf" and la_tf.loss.triplet_weight == 0
+    assert la_tf.loss.label_smoothing == 0
+    assert la_tfpp.model.head == "latfpp" and la_tfpp.loss.triplet_weight > 0
+    assert la_tfpp.loss.label_smoothing > 0
+
+
+def test_quickstart_is_small_and_synthetic() -> None:
+    space = load_search_space(SPACES / "quickstart.yaml")
+    c = space.fixed_config
+    assert c.data.root is None and c.data.synthetic is not None
+    assert (c.data.synthetic.ids, c.data.height, c.data.width) == (32, 64, 32)
+    assert c.model.depth == 2 and not c.model.pretrained
+    assert c.epochs == 6 and (space.trials, space.max_concurrent) == (6, 2)
+    assert space.resources.gpus_per_worker == 0 and space.resources.cpus_per_worker == 1
+    assert space.scheduler.max_t == 6
+    lr = space.param("optim.lr")
+    assert (lr.type, lr.low, lr.high) == ("loguniform", 3e-4, 3e-3)
+
+
+def test_table1_grid_is_the_four_loss_combinations() -> None:
+    space = load_search_space(SPACES / "table1.yaml")
+    assert space.searcher == "grid"
+    combos = space.grid()
+    pairs = {(c["loss.label_smoothing"], c["loss.triplet_weight"]) for c in combos}
+    assert len(combos) == 4
+    assert pairs == {(0.0, 0.0), (0.1, 0.0), (0.0, 1.0), (0.1, 1.0)}
+    assert space.total_trials() == 4 * space.trials
+    assert all(space.resolve(c).model.head == "latfpp" for c in combos)
+
+
+# --------------------------------------------------------------------------- defaults / resolve
+
+
+def test_defaults(tmp_path: Path) -> None:
+    space = load_search_space(write(tmp_path, "search: {}\n", name="my-search.yaml"))
+    assert space.name == "my-search"
+    assert space.searcher == "optuna" and space.metric == "mAP" and space.mode == "max"
+    assert space.experiment == "my-search"
+    assert space.scheduler.type == "asha" and space.scheduler.max_t == TrialConfig().epochs
+    assert space.storage_dir().is_absolute() and space.storage_dir().name == "reidsearch_runs"
+    assert space.params == [] and space.points_to_evaluate == []
+    assert "(nothing)" in space.describe()
+
+
+@pytest.mark.parametrize("value", ["none", "null", "{type: none}"])
+def test_scheduler_none_shorthands(tmp_path: Path, value: str) -> None:
+    space = load_text(tmp_path, f"scheduler: {value}\n")
+    assert space.scheduler.type == "none"
+    assert "scheduler: none" in space.describe()
+
+
+def test_with_data_root_replaces_synthetic_data() -> None:
+    space = load_search_space(SPACES / "quickstart.yaml")
+    real = space.with_data_root("/data/mine")
+    assert real.fixed_config.data.root == "/data/mine"
+    assert real.fixed_config.data.synthetic is None
+    assert real.resolve({"model.head": "latf"}).data.root == "/data/mine"
+    assert space.fixed_config.data.root is None  # original untouched
+    assert "latfpp at /data/mine" in real.describe()
+
+
+def test_loss_objective_defaults_to_min(tmp_path: Path) -> None:
+    space = load_text(tmp_path, "objective: {metric: loss}\n")
+    assert space.mode == "min"
+
+
+def test_resources_override_fixed_scaling(tmp_path: Path) -> None:
+    space = load_text(
+        tmp_path,
+        """\
+        fixed: {scaling: {workers: 2, cpus_per_worker: 3}}
+        resources: {gpus_per_worker: 0.5}
+        """,
+    )
+    assert space.resources.workers == 2 and space.resources.cpus_per_worker == 3
+    assert space.resources.gpus_per_worker == 0.5
+    assert space.resolve({}).scaling.gpus_per_worker == 0.5
+
+
+def test_resolve_applies_dotted_overrides_and_validates(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    space = load_search_space(path)
+    cfg = space.resolve({"model.head": "latf", "model.lam": 2.5, "sampler.k": 6})
+    assert (cfg.model.head, cfg.model.lam, cfg.sampler.k) == ("latf", 2.5, 6)
+    assert cfg.model.depth == 2 and cfg.epochs == 4  # fixed settings kept
+    assert space.fixed_config.model.lam == 8.0  # not mutated
+    with pytest.raises(ConfigError) as err:
+        space.resolve({"model.lam": -1.0})
+    assert str(err.value).startswith(f"{path}: model.lam: ")
+    with pytest.raises(ConfigError, match=r": model\.lamda: not a TrialConfig setting"):
+        space.resolve({"model.lamda": 1.0})
+    with pytest.raises(ConfigError, match=r"loss: .*nothing to train"):
+        space.resolve({"loss.ce_weight": 0.0, "loss.triplet_weight": 0.0})
+
+
+# --------------------------------------------------------------------------- optuna / grid
+
+
+def test_define_by_run_with_real_optuna(tmp_path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_text(tmp_path, BASE)
+    define = space.optuna_define_by_run()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    seen_active = seen_inactive = False
+    for i in range(30):
+        trial = study.ask()
+        assert define(trial) is None
+        params = trial.params
+        assert params["model.head"] in ("latf", "latfpp")
+        assert 0.5 <= params["model.lam"] <= 10.0
+        assert 1e-5 <= params["optim.lr"] <= 1e-3
+        assert params["sampler.k"] in (2, 4, 6, 8)
+        assert params["loss.triplet_weight"] in (0.0, 1.0)
+        if params["loss.triplet_weight"] > 0:
+            seen_active = True
+            assert 0.1 <= params["loss.triplet_margin"] <= 0.6
+        else:
+            seen_inactive = True
+            assert "loss.triplet_margin" not in params
+        assert list(params) == [p.key for p in space.active(params)]
+        space.resolve(params)
+        study.tell(trial, float(i % 7))
+    assert seen_active and seen_inactive
+    # picklable (Ray checkpoints its searcher)
+    assert pickle.loads(pickle.dumps(define)).params == space.params
+
+
+def test_define_by_run_follows_enqueued_points(tmp_path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    text = BASE + (
+        "points_to_evaluate:\n"
+        "  - {model.head: latf, model.lam: 8.0, loss.triplet_weight: 0.0}\n"
+        "  - {loss.triplet_weight: 1.0, loss.triplet_margin: 0.3}\n"
+    )
+    space = load_text(tmp_path, text)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for point in space.points_to_evaluate:
+        study.enqueue_trial(point)
+    define = space.optuna_define_by_run()
+    first, second = study.ask(), study.ask()
+    define(first)
+    define(second)
+    assert first.params["model.head"] == "latf" and first.params["model.lam"] == 8.0
+    assert "loss.triplet_margin" not in first.params
+    assert second.params["loss.triplet_margin"] == 0.3
+
+
+def test_ray_optuna_search_accepts_define_by_run(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune.search.optuna")
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_text(tmp_path, BASE + "points_to_evaluate: [{model.head: latf}]\n")
+    searcher = OptunaSearch(
+        space=space.optuna_define_by_run(),
+        metric=space.metric,
+        mode=space.mode,
+        points_to_evaluate=space.points_to_evaluate,
+        seed=space.seed,
+    )
+    config = searcher.suggest("trial_1")
+    assert config["model.head"] == "latf"  # flat dotted keys, first point first
+    assert set(config) <= set(space.keys)
+    space.resolve(config)
+
+
+def test_grid_respects_conditions(tmp_path: Path) -> None:
+    space = load_text(
+        tmp_path,
+        """\
+        searcher: grid
+        trials: 2
+        search:
+          model.head: {type: choice, values: [latf, latfpp]}
+          loss.triplet_weight: {type: choice, values: [0.0, 1.0]}
+          loss.triplet_margin: {type: choice, values: [0.2, 0.4], when: "loss.triplet_weight > 0"}
+        """,
+    )
+    combos = space.grid()
+    assert len(combos) == 2 * (1 + 2)
+    assert {"model.head": "latf", "loss.triplet_weight": 0.0} in combos
+    assert all(("loss.triplet_margin" in c) == (c["loss.triplet_weight"] > 0) for c in combos)
+    assert space.total_trials() == 12 and space.num_samples() == 2
+    assert "grid, 6 combinations x 2 repeats = 12 trials" in space.describe()
+
+
+def test_grid_rejected_for_optuna_space_with_ranges(tmp_path: Path) -> None:
+    space = load_text(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"search\.model\.lam: searcher grid needs choice"):
+        space.grid()
+
+
+def test_word_condition(tmp_path: Path) -> None:
+    space = load_text(
+        tmp_path,
+        """\
+        search:
+          model.head: {type: choice, values: [latf, latfpp]}
+          model.lam: {type: uniform, low: 1, high: 2, when: "model.head == latfpp"}
+        """,
+    )
+    assert [p.key for p in space.active({"model.head": "latfpp"})] == ["model.head", "model.lam"]
+    assert [p.key for p in space.active({"model.head": "latf"})] == ["model.head"]
+
+
+# --------------------------------------------------------------------------- malformed spaces
+
+BAD = [
+    # (yaml, key named in the error, words in the message)
+    ("name: t\nsearchr: optuna\n", "searchr", "unknown key"),
+    ("trials: many\n", "trials", "integer"),
+    ("max_concurrent: 0\n", "max_concurrent", "greater than or equal"),
+    ("objective: {metric: accuracy}\n", "objective.metric", "mAP"),
+    ("scheduler: {type: hyperband}\n", "scheduler.type", "asha"),
+    ("scheduler: {type: none, grace_period: 3}\n", "scheduler.grace_period", "only used"),
+    ("fixed: {epochs: 4}\nscheduler: {grace_period: 5}\n", "scheduler.grace_period", "max_t"),
+    ("fixed: {model: {lam: -1}}\n", "fixed.model.lam", "greater than or equal"),
+    ("fixed: {model: {lamda: 1}}\n", "fixed.model.lamda", "unknown key"),
+    ("resources: {gpus: 1}\n", "resources.gpus", "unknown key"),
+    ("search: {model.lamda: {type: uniform, low: 0, high: 1}}\n", "search.model.lamda", "unknown"),
+    ("search: {model: {type: choice, values: [1]}}\n", "search.model", "group of settings"),
+    ("search: {model.lam: {type: gauss, low: 0, high: 1}}\n", "search.model.lam.type", "gauss"),
+    ("search: {model.lam: {type: uniform, low: 2, high: 1}}\n", "search.model.lam", "low"),
+    ("search: {model.lam: {type: uniform, low: 1, high: 1}}\n", "search.model.lam", "empty range"),
+    ("search: {model.lam: {type: uniform, low: 0, hi: 1}}\n", "search.model.lam.hi", "unknown"),
+    ("search: {model.lam: {type: uniform, low: a, high: 1}}\n", "search.model.lam.low", "number"),
+    (
+        "search: {model.lam: {type: loguniform, low: 0, high: 1}}\n",
+        "search.model.lam.low",
+        "greater than 0",
+    ),
+    ("search: {model.lam: 3.0}\n", "search.model.lam", "expected a mapping"),
+    ("search: {model.head: {type: choice, values: []}}\n", "search.model.head.values", "empty"),
+    ("search: {model.head: {type: choice, values: [latf, vit]}}\n", "search.model.head", "vit"),
+    ("search: {model.dropout: {type: uniform, low: 0, high: 1}}\n", "search.model.dropout", "1.0"),
+    ("search: {sampler.k: {type: uniform, low: 2, high: 8}}\n", "search.sampler.k.type", "int"),
+    ("search: {model.head: {type: int, low: 1, high: 3}}\n", "search.model.head.type", "choice"),
+    ("search: {sampler.k: {type: int, low: 2, high: 7, step: 2}}\n", "search.sampler.k.step", ""),
+    ("search: {scaling.workers: {type: int, low: 1, high: 2}}\n", "search.scaling.workers", ""),
+    (
+        "search:\n"
+        "  loss.triplet_margin: {type: uniform, low: 0.1, high: 0.6,"
+        ' when: "loss.triplet_weight > 0"}\n'
+        "  loss.triplet_weight: {type: choice, values: [0.0, 1.0]}\n",
+        "search.loss.triplet_margin.when",
+        "searched later",
+    ),
+    (
+        'search: {model.lam: {type: uniform, low: 1, high: 2, when: "model.head == latf"}}\n',
+        "search.model.lam.when",
+        "not a searched key",
+    ),
+    (
+        "search:\n"
+        "  model.head: {type: choice, values: [latf, latfpp]}\n"
+        '  model.lam: {type: uniform, low: 1, high: 2, when: "model.head is latf"}\n',
+        "search.model.lam.when",
+        "op",
+    ),
+    (
+        "search:\n"
+        "  model.head: {type: choice, values: [latf, latfpp]}\n"
+        '  model.lam: {type: uniform, low: 1, high: 2, when: "model.head == vit"}\n',
+        "search.model.lam.when",
+        "false for every choice",
+    ),
+    (
+        "search: {model.lam: {type: uniform, low: 1, high: 2}}\n"
+        "points_to_evaluate: [{model.lam: 3.0}]\n",
+        "points_to_evaluate.0.model.lam",
+        "outside",
+    ),
+    (
+        "search: {model.lam: {type: uniform, low: 1, high: 2}}\n"
+        "points_to_evaluate: [{model.lam: 1.5}, {model.head: latf}]\n",
+        "points_to_evaluate.1.model.head",
+        "not a searched key",
+    ),
+    (
+        "search:\n"
+        "  model.head: {type: choice, values: [latf, latfpp]}\n"
+        "points_to_evaluate: [{model.head: vit}]\n",
+        "points_to_evaluate.0.model.head",
+        "outside",
+    ),
+    (
+        BASE + "points_to_evaluate: [{loss.triplet_weight: 0.0, loss.triplet_margin: 0.3}]\n",
+        "points_to_evaluate.0.loss.triplet_margin",
+        "never used",
+    ),
+    (
+        BASE + "points_to_evaluate: [{model.head: latf, sampler.k: 3}]\n",
+        "points_to_evaluate.0.sampler.k",
+        "outside",
+    ),
+    (
+        "searcher: grid\nsearch: {model.head: {type: choice, values: [latf]}}\n"
+        "points_to_evaluate: [{model.head: latf}]\n",
+        "points_to_evaluate",
+        "grid",
+    ),
+    (
+        "searcher: grid\nsearch: {model.lam: {type: uniform, low: 1, high: 2}}\n",
+        "search.model.lam",
+        "grid needs choice",
+    ),
+    ("name: 'a b/c'\n", "name", "letters"),
+    ("- just\n- a list\n", "", "mapping"),
+    ("search: {model.lam: [unclosed\n", "", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), BAD, ids=[b[1] or b[2] for b in BAD])
+def test_malformed_space_raises_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_search_space(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "Value error" not in msg
+    prefix = f"{path}: {key}: " if key else f"{path}: "
+    assert msg.startswith(prefix), msg
+    assert words in msg, msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_search_space(tmp_path / "nope.yaml")
+
+
+def test_import_is_light_and_malformed_space_fails_fast(tmp_path: Path) -> None:
+    path = write(tmp_path, "search: {model.lamda: {type: uniform, low: 0, high: 1}}\n")
+    code = textwrap.dedent(
+        f"""\
+        import sys
+        import reidsearch.search.space as space
+        heavy = sorted(m for m in ("torch", "ray", "optuna") if m in sys.modules)
+        assert not heavy, heavy
+        try:
+            space.load_search_space({str(path)!r})
+        except space.ConfigError as exc:
+            print(exc)
+        heavy = sorted(m for m in ("torch", "ray", "optuna") if m in sys.modules)
+        assert not heavy, heavy
+        """
+    )
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(f"{path}: search.model.lamda: ")
+    assert elapsed < 20  # loose: the real cost is ~0.3 s (pydantic + yaml)
