@@ -42,13 +42,20 @@ class BatchAugment:
         self.flip_p, self.pad, self.erasing_p = flip_p, pad, erasing_p
         self.erasing_area, self.erasing_ratio = erasing_area, erasing_ratio
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected a N,H,W,3 batch, got shape {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).float()
         if x.shape[-2:] != (self.height, self.width):
-            x = F.interpolate(x, size=(self.height, self.width), mode="bicubic",
-                              align_corners=False, antialias=True).clamp_(0, 255)  # fmt: skip
+            x = F.interpolate(
+                x,
+                size=(self.height, self.width),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0, 255)
         if self.train and len(x):
             x = self._flip(x, generator)
             x = self._pad_crop(x, generator)
@@ -95,8 +102,10 @@ class BatchAugment:
         ys = torch.arange(h, device=dev).view(1, h, 1)
         xs = torch.arange(w, device=dev).view(1, 1, w)
         inside = (
-            (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1))
-            & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
-        )  # fmt: skip
+            (ys >= y0.view(n, 1, 1))
+            & (ys < (y0 + eh).view(n, 1, 1))
+            & (xs >= x0.view(n, 1, 1))
+            & (xs < (x0 + ew).view(n, 1, 1))
+        )
         mask = (inside & do.view(n, 1, 1)).unsqueeze(1)
         return x.masked_fill(mask, 0.0)

@@ -72,6 +72,22 @@ def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return arr if arr.shape == shape and arr.dtype == np.uint8 else None
 
 
+def _fill(out: np.ndarray, root: Path, paths: Sequence[str], workers: int) -> None:
+    """Decode ``root / paths[i]`` into ``out[i]`` with a small thread pool (PIL drops the GIL)."""
+    height, width = out.shape[1:3]
+
+    def load(i: int) -> None:
+        image = root / paths[i]
+        try:
+            out[i] = _decode(image, height, width)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DatasetError(f"{image}: cannot read image ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(load, range(len(paths))):
+            pass
+
+
 def build_image_cache(
     table: pa.Table,
     height: int,
@@ -100,18 +116,7 @@ def build_image_cache(
     tmp = Path(tmp_name)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-
-        def load(i: int) -> None:
-            image = root / paths[i]
-            try:
-                out[i] = _decode(image, height, width)
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise DatasetError(f"{image}: cannot read image ({exc})") from None
-
-        n_workers = workers or min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for _ in pool.map(load, range(len(paths))):
-                pass
+        _fill(out, root, paths, workers or min(4, os.cpu_count() or 1))
         out.flush()
         del out
         os.replace(tmp, final)

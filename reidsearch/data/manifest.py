@@ -145,7 +145,9 @@ def summarize(table: pa.Table) -> dict[str, Any]:
     pid_all = table["pid"].to_numpy()
     split_all = np.asarray(table["split"].to_pylist(), dtype=object)
     cam_all = table["camid"].to_numpy()
-    distractor = (pid_all == DISTRACTOR_PID) if layout in MARKET_STYLE else np.zeros_like(pid_all, bool)
+    distractor = (
+        (pid_all == DISTRACTOR_PID) if layout in MARKET_STYLE else np.zeros_like(pid_all, bool)
+    )
     junk = pid_all == JUNK_PID
     real = ~(junk | distractor)
     splits = {}
@@ -169,7 +171,10 @@ def format_summary(table: pa.Table) -> str:
     s = summarize(table)
     meta = table.schema.metadata or {}
     root = meta.get(b"root", b"?").decode()
-    lines = [f"layout {s['layout'] or '?'}  root {root}", f"{'split':<8}{'ids':>8}{'images':>9}{'cameras':>9}"]
+    lines = [
+        f"layout {s['layout'] or '?'}  root {root}",
+        f"{'split':<8}{'ids':>8}{'images':>9}{'cameras':>9}",
+    ]
     for name, row in s["splits"].items():
         lines.append(f"{name:<8}{row['ids']:>8}{row['images']:>9}{row['cameras']:>9}")
     lines.append(f"junk (pid -1): {s['junk']}  distractors (pid 0): {s['distractors']}")

@@ -86,7 +86,8 @@ def _market_rows(root: Path, folders: dict[str, str], example: str) -> list[Row]
             m = _MARKET_NAME.match(img.name)
             if m is None or int(m.group(2)) < 1:
                 raise DatasetError(
-                    f"{img}: cannot parse person and camera from file name (expected e.g. {example})"
+                    f"{img}: cannot parse person and camera from the file name "
+                    f"(expected e.g. {example})"
                 )
             rows.append(
                 {"path": img, "pid": int(m.group(1)), "camid": int(m.group(2)) - 1, "split": split}

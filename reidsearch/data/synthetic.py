@@ -39,10 +39,13 @@ _PALETTE = np.array(
     ],
     dtype=np.float32,
 )  # fmt: skip
-_SKIN = np.array([[245, 205, 175], [225, 175, 140], [190, 135, 95], [140, 95, 65], [95, 65, 45]],
-                 dtype=np.float32)  # fmt: skip
-_HAIR = np.array([[20, 15, 10], [70, 45, 25], [150, 110, 60], [200, 180, 130], [120, 120, 120]],
-                 dtype=np.float32)  # fmt: skip
+_SKIN = np.array(
+    [[245, 205, 175], [225, 175, 140], [190, 135, 95], [140, 95, 65], [95, 65, 45]],
+    dtype=np.float32,
+)
+_HAIR = np.array(
+    [[20, 15, 10], [70, 45, 25], [150, 110, 60], [200, 180, 130], [120, 120, 120]], dtype=np.float32
+)
 
 
 @dataclass
@@ -108,11 +111,14 @@ def _cameras(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     }
 
 
-def _jitter(rng: np.random.Generator, records: list[_Record], cams: int, per_cam: int,
-            angles: bool) -> dict[str, np.ndarray]:  # fmt: skip
+def _jitter(
+    rng: np.random.Generator, records: list[_Record], cams: int, per_cam: int, angles: bool
+) -> dict[str, np.ndarray]:
     n = len(records)
     k = np.array([r.k for r in records], dtype=np.float32)
-    if angles:  # latfpp: the k-th image of a camera is the k-th of `per_cam` angles around the person
+    if (
+        angles
+    ):  # latfpp: the k-th image of a camera is the k-th of `per_cam` angles around the person
         theta = 2 * np.pi * k / per_cam + rng.normal(0, 0.2, n)
     else:
         theta = rng.uniform(0, 2 * np.pi, n)
@@ -140,8 +146,20 @@ def _jitter(rng: np.random.Generator, records: list[_Record], cams: int, per_cam
 # ----------------------------------------------------------------------------- rendering
 
 
-_PARTS = ("bg", "floor", "pole", "trousers", "skin", "shoes", "shirt", "shirt2", "emblem",
-          "bag", "hair", "occluder")  # fmt: skip
+_PARTS = (
+    "bg",
+    "floor",
+    "pole",
+    "trousers",
+    "skin",
+    "shoes",
+    "shirt",
+    "shirt2",
+    "emblem",
+    "bag",
+    "hair",
+    "occluder",
+)
 
 
 def _box_blur(img: np.ndarray) -> np.ndarray:
@@ -221,7 +239,9 @@ def _render(P: dict, C: dict, J: dict, noise: np.ndarray, height: int, width: in
     seen_side = col(np.abs(sn) > 0.5) & (side < -sw) & (side > -sw - 0.08)
     backpack = (bag == 1) & bag_v & (seen_back | seen_side)
     hand = np.sign(col(c) + 1e-6) * u
-    sidebag = (bag == 2) & (v > hip - 0.1) & (v < hip + 0.07) & (hand > sw * 0.5) & (hand < sw + 0.08)
+    sidebag = (
+        (bag == 2) & (v > hip - 0.1) & (v < hip + 0.07) & (hand > sw * 0.5) & (hand < sw + 0.08)
+    )
     paint(backpack | sidebag, "bag")
 
     neck = (au < rh * 0.35) & (v >= 1.6 * rh) & (v < v0 + 0.01)
@@ -232,19 +252,38 @@ def _render(P: dict, C: dict, J: dict, noise: np.ndarray, height: int, width: in
     paint((head & ~hair) | neck, "skin")
     paint(hair | long_hair, "hair")
 
-    occ = col(J["occ"]) & (Y > col(J["occ_top"])) & (np.abs(Xn - col(J["occ_x"])) < col(J["occ_w"]) / 2)
+    occ = (
+        col(J["occ"])
+        & (Y > col(J["occ_top"]))
+        & (np.abs(Xn - col(J["occ_x"])) < col(J["occ_w"]) / 2)
+    )
     paint(occ, "occluder")
 
     colours = np.stack(
-        [C["bg"], C["floor"], C["pole_col"], P["trousers"], P["skin"], P["shoes"], P["shirt"],
-         P["shirt2"], P["emblem_col"], P["bag_col"], P["hair"], J["occ_col"]], axis=1
-    ).astype(np.float32)  # fmt: skip
+        [
+            C["bg"],
+            C["floor"],
+            C["pole_col"],
+            P["trousers"],
+            P["skin"],
+            P["shoes"],
+            P["shirt"],
+            P["shirt2"],
+            P["emblem_col"],
+            P["bag_col"],
+            P["hair"],
+            J["occ_col"],
+        ],
+        axis=1,
+    ).astype(np.float32)
     img = colours[np.arange(b)[:, None, None], lab]  # (B,H,W,3)
 
     # wall texture, then the camera: colour cast, brightness, light gradient, blur, sensor noise
     phase = col(J["bg_phase"])
-    tex = col(C["tex_amp"]) * np.sin(2 * np.pi * col(C["tex_fx"]) * Xn + phase) * np.sin(
-        2 * np.pi * col(C["tex_fy"]) * Y
+    tex = (
+        col(C["tex_amp"])
+        * np.sin(2 * np.pi * col(C["tex_fx"]) * Xn + phase)
+        * np.sin(2 * np.pi * col(C["tex_fy"]) * Y)
     )
     light = col(C["bright"] * J["bright"]) * (1 + col(C["grad"]) * (Xn - 0.5))
     light = light * (1 + tex * (lab == 0))
@@ -259,8 +298,9 @@ def _render(P: dict, C: dict, J: dict, noise: np.ndarray, height: int, width: in
 # ----------------------------------------------------------------------------- layouts
 
 
-def _records(ids: int, test_ids: int, cameras: int, per_cam: int, market: bool,
-             rng: np.random.Generator) -> list[_Record]:  # fmt: skip
+def _records(
+    ids: int, test_ids: int, cameras: int, per_cam: int, market: bool, rng: np.random.Generator
+) -> list[_Record]:
     recs = []
     for i in range(ids):
         for cam in range(cameras):
@@ -274,7 +314,9 @@ def _records(ids: int, test_ids: int, cameras: int, per_cam: int, market: bool,
         extra = max(2, test_ids // 4)
         person = ids + test_ids
         for n in range(extra):  # distractors: people seen nowhere else
-            recs.append(_Record("gallery", 0, int(rng.integers(cameras)), n, person + n, "distractor"))
+            recs.append(
+                _Record("gallery", 0, int(rng.integers(cameras)), n, person + n, "distractor")
+            )
         for n in range(extra):  # junk: bad crops of anyone
             who = int(rng.integers(ids + test_ids + extra))
             recs.append(_Record("gallery", -1, int(rng.integers(cameras)), n, who, "junk"))
@@ -316,8 +358,10 @@ def _layout_paths(layout: str, recs: list[_Record], ids: int, test_ids: int) -> 
         folder = {"train": "train", "query": "test", "gallery": "test"}
         return [f"{folder[r.split]}/{_name_msmt(r, n)}" for n, r in enumerate(recs)]
     namer: Callable[[_Record, int], str] = {
-        "market1501": _name_market, "dukemtmc": _name_duke, "generic": _name_generic
-    }[layout]  # fmt: skip
+        "market1501": _name_market,
+        "dukemtmc": _name_duke,
+        "generic": _name_generic,
+    }[layout]
     return [namer(r, n) for n, r in enumerate(recs)]
 
 
@@ -382,12 +426,15 @@ def generate_synthetic(
     test_ids = ids if test_ids is None else test_ids
     out = Path(out)
     market = layout in ("market1501", "dukemtmc")
-    recs = _records(ids, test_ids, cameras, images_per_camera, market, np.random.default_rng([seed, 0]))
+    recs = _records(
+        ids, test_ids, cameras, images_per_camera, market, np.random.default_rng([seed, 0])
+    )
     n_persons = max(r.person for r in recs) + 1
     persons = _persons(np.random.default_rng([seed, 1]), n_persons)
     cams = _cameras(np.random.default_rng([seed, 2]), cameras)
-    jitter = _jitter(np.random.default_rng([seed, 3]), recs, cameras, images_per_camera,
-                     layout == "latfpp")  # fmt: skip
+    jitter = _jitter(
+        np.random.default_rng([seed, 3]), recs, cameras, images_per_camera, layout == "latfpp"
+    )
     paths = _layout_paths(layout, recs, ids, test_ids)
     expected = _expected(layout, recs, out)
 
@@ -401,6 +448,7 @@ def generate_synthetic(
         fmt, kw = suffix_fmt[Path(rel).suffix]
         Image.fromarray(arr).save(out / rel, fmt, **kw)
 
+    pending = []
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for chunk, start in enumerate(range(0, len(recs), _CHUNK)):
             sl = slice(start, start + _CHUNK)
@@ -410,7 +458,11 @@ def generate_synthetic(
             noise_rng = np.random.default_rng([seed, 4, chunk])
             noise = noise_rng.standard_normal((len(J["dx"]), height, width, 3), dtype=np.float32)
             images = _render(P, C, J, noise, height, width)
-            list(pool.map(save, images, paths[sl]))
+            pending += [
+                pool.submit(save, im, rel) for im, rel in zip(images, paths[sl], strict=True)
+            ]
+        for future in pending:  # encoding overlaps the rendering of the next chunks
+            future.result()
     if layout == "msmt17":
         _write_msmt_lists(out, recs, paths)
     return expected

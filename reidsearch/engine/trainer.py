@@ -286,6 +286,7 @@ def train(
                 for key in ("mAP", "rank1", "rank5", "rank10", "mINP", "num_valid_queries")
             },
             "best_mAP": max(best["mAP"], 0.0),
+            "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
         }
         payload = None
         if ctx.rank == 0:

@@ -95,31 +95,30 @@ def _pairs(
     return qi, gi, ex_q, ex_g
 
 
-def _chunk_ranks(
+def _ranks_compact(
     scores: torch.Tensor,
     pq: torch.Tensor,
     pg: torch.Tensor,
+    thr: torch.Tensor,
     index_bits: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ranks of the positives of one chunk of queries.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact ranks (ties included) from the few candidates scoring >= the hardest positive.
 
-    scores: (C, G) similarities with excluded items already at -inf; pq/pg: local query and
-    gallery index of each positive. Returns (rows, counts, rank, n_at_or_above) where the last two
-    are per positive in (row, key) ascending order, rank is 1-based among valid items.
+    Returns (row, rank, at_or_above) per positive; rank is 1-based among valid items and
+    at_or_above counts the row's positives ranked at or before this one.
     """
     num_c, num_g = scores.shape
     device = scores.device
     row_shift = 32 + index_bits
     gmax = (1 << index_bits) - 1
 
-    pvals = scores[pq, pg]
-    thr = torch.full((num_c,), float("inf"), device=device, dtype=scores.dtype)
-    thr.scatter_reduce_(0, pq, pvals, reduce="amin")
-    flat = (scores >= thr[:, None]).view(-1).nonzero().squeeze(1)
-    rows = flat // num_g
+    mask = scores >= thr[:, None]
+    flat = mask.view(-1).nonzero().squeeze(1)
+    rows = torch.repeat_interleave(torch.arange(num_c, device=device), mask.sum(1))
     cols = flat - rows * num_g
     ckeys = (rows << row_shift) | (orderable_bits(scores.view(-1)[flat]) << index_bits)
     ckeys |= gmax - cols
+    pvals = scores[pq, pg]
     pkeys = (pq << row_shift) | (orderable_bits(pvals) << index_bits) | (gmax - pg)
     pkeys, _ = torch.sort(pkeys)
     prow = pkeys >> row_shift
@@ -133,10 +132,74 @@ def _chunk_ranks(
     suffix = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])
     pos = torch.arange(len(pkeys), device=device)
     seg_end = off[prow] + counts[prow] + prow + 1
-    greater = suffix[pos + prow + 1] - suffix[seg_end]
-    rank = greater + 1
+    rank = suffix[pos + prow + 1] - suffix[seg_end] + 1
     at_or_above = off[prow] + counts[prow] - pos
-    return prow, counts, rank, at_or_above
+    return prow, rank, at_or_above
+
+
+def _ranks_dense(
+    scores: torch.Tensor, pq: torch.Tensor, pvals: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ranks by one binary search of every score into its row's sorted positive scores.
+
+    Faster than ``_ranks_compact`` when many items score above the hardest positive. A row where
+    some item scores exactly like one of its positives (other than that positive itself) has a
+    tie; such rows are returned in ``tie_rows`` for the exact path. Returns (row, rank,
+    at_or_above, tie_rows).
+    """
+    num_c = scores.shape[0]
+    device = scores.device
+    counts = torch.bincount(pq, minlength=num_c)
+    pmax = int(counts.max())
+    off = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(pq), device=device) - off[pq]
+    ps = torch.full((num_c, pmax + 1), float("inf"), device=device, dtype=scores.dtype)
+    ps[pq, within] = pvals
+    ps, _ = torch.sort(ps, dim=1)
+    width = pmax + 1
+    bucket = torch.searchsorted(ps[:, :pmax].contiguous(), scores)
+    # An item equal to a positive lands in that positive's bucket (left search).
+    equal = (torch.gather(ps, 1, bucket) == scores).sum(1)
+    bucket += torch.arange(0, num_c * width, width, device=device)[:, None]
+    hist = torch.bincount(bucket.view(-1), minlength=num_c * width).view(num_c, width)
+    greater = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # items > ps[:, k]
+    slot = torch.arange(pmax, device=device)[None, :]
+    real = slot < counts[:, None]
+    tie = (equal != counts) | ((ps[:, 1:pmax] == ps[:, : pmax - 1]) & real[:, 1:]).any(1)
+    ok = real & ~tie[:, None]
+    prow = torch.nonzero(ok)[:, 0]
+    rank = (greater + 1)[ok]
+    at_or_above = (counts[:, None] - slot).expand(num_c, pmax)[ok]
+    return prow, rank, at_or_above, torch.nonzero(tie).squeeze(1)
+
+
+def _chunk_ranks(
+    scores: torch.Tensor,
+    pq: torch.Tensor,
+    pg: torch.Tensor,
+    index_bits: int,
+    dense_above: float = 0.03,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, rank, at_or_above) per positive of one chunk; excluded items are already -inf."""
+    num_c = scores.shape[0]
+    pvals = scores[pq, pg]
+    thr = torch.full((num_c,), float("inf"), device=scores.device, dtype=scores.dtype)
+    thr.scatter_reduce_(0, pq, pvals, reduce="amin")
+    density = float((scores >= thr[:, None]).sum()) / max(scores.numel(), 1)
+    if density <= dense_above:
+        return _ranks_compact(scores, pq, pg, thr, index_bits)
+    prow, rank, above, tie_rows = _ranks_dense(scores, pq, pvals)
+    if len(tie_rows):
+        remap = torch.full((num_c,), -1, dtype=torch.long, device=scores.device)
+        remap[tie_rows] = torch.arange(len(tie_rows), device=scores.device)
+        sel = remap[pq] >= 0
+        trow, trank, tabove = _ranks_compact(
+            scores[tie_rows], remap[pq][sel], pg[sel], thr[tie_rows], index_bits
+        )
+        prow = torch.cat([prow, tie_rows[trow]])
+        rank = torch.cat([rank, trank])
+        above = torch.cat([above, tabove])
+    return prow, rank, above
 
 
 def compute_metrics(
@@ -150,6 +213,7 @@ def compute_metrics(
     max_rank: int,
     device: torch.device,
     chunk_size: int = 256,
+    dense_above: float = 0.03,
 ) -> dict[str, Any]:
     """Metrics from a row-chunk score provider ``scores_fn(start, stop) -> (C, num_g)`` tensor."""
     index_bits = max(1, (max(num_g, 1) - 1).bit_length())
@@ -176,23 +240,21 @@ def compute_metrics(
             scores[eq, eg] = float("-inf")
         pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
         pg = torch.from_numpy(pos_g[pa:pb]).to(device)
-        prow, counts, rank, above = _chunk_ranks(scores, pq, pg, index_bits)
-        prec = above.double() / rank.double()
-        ap_sum = torch.zeros(stop - start, dtype=torch.float64, device=device)
-        ap_sum.index_add_(0, prow, prec)
-        last = torch.cumsum(counts, 0) - 1
-        has = counts > 0
+        prow, rank, above = _chunk_ranks(scores, pq, pg, index_bits, dense_above)
+        num_c = stop - start
+        counts = torch.bincount(prow, minlength=num_c)
+        ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)
+        ap_sum.index_add_(0, prow, above.double() / rank.double())
+        first_rank = torch.zeros(num_c, dtype=torch.long, device=device)
+        first_rank.scatter_reduce_(0, prow, rank, reduce="amin", include_self=False)
+        hardest = torch.ones(num_c, dtype=torch.long, device=device)
+        hardest.scatter_reduce_(0, prow, rank, reduce="amax", include_self=False)
         sl = slice(start, stop)
         cnt = counts.cpu().numpy()
         npos[sl] = cnt
-        first_rank = torch.zeros_like(counts)
-        first_rank[has] = rank[last[has]]
-        hardest = torch.ones_like(counts)
-        hardest[has] = rank[(last - counts + 1)[has]]
         first[sl] = first_rank.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
-            inp[sl] = cnt / hardest.cpu().numpy()
+        ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
+        inp[sl] = cnt / hardest.cpu().numpy()
 
     valid = npos > 0
     num_valid = int(valid.sum())

@@ -7,6 +7,7 @@ checkpoint with the full training state, from which a restarted run resumes.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,20 @@ def load_resume_state() -> dict[str, Any] | None:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+    """Fault injection for tests and drills: kill this worker process once, after ``epoch``."""
+    if not fault or rank != 0 or epoch != fault["after_epoch"]:
+        return
+    marker = Path(fault["marker"])
+    if not marker.exists():
+        marker.write_text(f"killed after epoch {epoch}")
+        os._exit(1)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(loop_config["trial"])
     verbose = bool(loop_config.get("verbose", False))
+    fault = loop_config.get("inject_crash")
     progress: Any = False
     if verbose:
         from ray.experimental.tqdm_ray import tqdm as progress
@@ -69,7 +81,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device=device,
         progress=progress,
     )
-    train(cfg, lambda m, p: _report(m, p, verbose), ctx=ctx, resume=load_resume_state())
+
+    def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
+        _report(metrics, payload, verbose)
+        _crash_once(fault, int(metrics["epoch"]), ctx.rank)
+
+    train(cfg, report, ctx=ctx, resume=load_resume_state())
 
 
 def build_torch_trainer(
@@ -90,7 +107,8 @@ def build_torch_trainer(
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "verbose": verbose},
+        train_loop_config={"trial": cfg.model_dump(), "verbose": verbose,
+                           "inject_crash": inject_crash},
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
             use_gpu=cfg.scaling.gpus_per_worker > 0,

@@ -1,0 +1,62 @@
+"""One trial on real (local) Ray Train: 2 CPU workers with gloo DDP, checkpoints, crash + resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from reidsearch.search.cluster import init_ray
+
+    capacity = init_ray(num_cpus=2)
+    yield capacity
+    ray.shutdown()
+
+
+def _untrained_map(cfg) -> float:
+    from reidsearch.engine.data import prepare_data
+    from reidsearch.engine.evaluate import evaluate_model
+    from reidsearch.modeling import build_model
+
+    data = prepare_data(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, (cfg.data.height, cfg.data.width))
+    return evaluate_model(model, data, cfg.eval).metrics["mAP"]
+
+
+def test_two_gloo_workers_train_and_lift_map(local_ray, tiny_config, tmp_path):
+    from reidsearch.engine.checkpoint import STATE_FILE
+    from reidsearch.search.ray_train import build_torch_trainer
+
+    cfg = tiny_config(epochs=6, **{"scaling.workers": 2, "scaling.cpus_per_worker": 1.0})
+    before = _untrained_map(cfg)
+    result = build_torch_trainer(cfg, name="ddp", storage_path=tmp_path).fit()
+    assert result.error is None
+    assert result.metrics["epoch"] == 6
+    # Measured here: untrained ~0.25, 6 epochs on 2 workers (2 x 32 images a step) ~0.55.
+    assert result.metrics["best_mAP"] > before + 0.15, (before, result.metrics["best_mAP"])
+    checkpoint, metrics = result.best_checkpoints[0]
+    with checkpoint.as_directory() as directory:
+        state = torch.load(f"{directory}/{STATE_FILE}", weights_only=True)
+    assert state["epoch"] == metrics["epoch"]
+    assert state["metrics"]["mAP"] == pytest.approx(metrics["mAP"])
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp_path):
+    from reidsearch.search.ray_train import build_torch_trainer
+
+    cfg = tiny_config(epochs=3)
+    marker = tmp_path / "crashed"
+    trainer = build_torch_trainer(cfg, name="crash", storage_path=tmp_path / "runs",
+                                  max_failures=1,
+                                  inject_crash={"after_epoch": 2, "marker": str(marker)})
+    result = trainer.fit()
+    assert marker.exists(), "the worker was never killed"
+    assert result.error is None
+    assert result.metrics["epoch"] == 3
+    # The restarted worker group continued from the epoch-2 checkpoint instead of epoch 0.
+    assert result.metrics["start_epoch"] == 2
