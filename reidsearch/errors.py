@@ -1,4 +1,4 @@
-"""User-facing errors: one line naming the file, key or image, printed by the CLI without a traceback."""
+"""User-facing errors: one line naming the file, key or image, printed without a traceback."""
 
 from __future__ import annotations
 

@@ -22,13 +22,26 @@ def tiny_config_dict(**overrides) -> dict:
     """A 2-block, 64-wide ViT on 64x32 synthetic images: about a second per epoch on CPU."""
     cfg = {
         "data": {
-            "synthetic": {"layout": "latfpp", "ids": 32, "test_ids": 16, "images_per_camera": 4,
-                          "height": 64, "width": 32, "seed": 0},
+            "synthetic": {
+                "layout": "latfpp",
+                "ids": 32,
+                "test_ids": 16,
+                "images_per_camera": 4,
+                "height": 64,
+                "width": 32,
+                "seed": 0,
+            },
             "height": 64,
             "width": 32,
         },
-        "model": {"backbone": "vit_tiny_patch16_224", "depth": 2, "embed_dim": 64,
-                  "num_heads": 2, "head": "latfpp", "bottleneck_dim": 64},
+        "model": {
+            "backbone": "vit_tiny_patch16_224",
+            "depth": 2,
+            "embed_dim": 64,
+            "num_heads": 2,
+            "head": "latfpp",
+            "bottleneck_dim": 64,
+        },
         "loss": {"label_smoothing": 0.1, "triplet_weight": 1.0},
         "optim": {"lr": 1e-3, "scheduler": "cosine"},
         "sampler": {"p": 8, "k": 4},
@@ -43,6 +56,17 @@ def tiny_config_dict(**overrides) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
+    return cfg
+
+
+def learnable_config_dict(**overrides) -> dict:
+    """Enough identities (160) at 128x64 that a few epochs clearly beat the untrained model."""
+    data = {"synthetic": {"layout": "latfpp", "ids": 160, "test_ids": 32, "images_per_camera": 3,
+                          "height": 128, "width": 64, "seed": 0}, "height": 128, "width": 64}
+    cfg = tiny_config_dict(**overrides)
+    cfg["data"] = data
+    cfg["model"] = {"backbone": "vit_tiny_patch16_224", "depth": 2, "head": "latfpp"}
+    cfg["optim"]["warmup_epochs"] = 1
     return cfg
 
 

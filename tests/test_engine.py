@@ -35,15 +35,19 @@ def data(tiny_config):
     return prepare_data(tiny_config().data)
 
 
-def test_training_lifts_map_well_above_the_untrained_model(tiny_config, data):
-    cfg = tiny_config(epochs=8)
+def test_training_lifts_map_well_above_the_untrained_model():
+    from reidsearch.config import TrialConfig
+    from tests.conftest import learnable_config_dict
+
+    cfg = TrialConfig.model_validate(learnable_config_dict(epochs=8))
+    data = prepare_data(cfg.data)
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg.model, data.num_classes, (cfg.data.height, cfg.data.width))
     before = evaluate_model(untrained, data, cfg.eval).metrics["mAP"]
     history, _ = _run(cfg, data)
     after = max(h["mAP"] for h in history)
-    # Measured on this tiny setup: untrained ~0.25, trained ~0.65 after 8 epochs.
-    assert after > before + 0.20, (before, after)
+    # Measured here: untrained 0.017 mAP, 0.15-0.18 after 8 epochs (cross-camera, 32 unseen ids).
+    assert after > before + 0.08 and after > 4 * before, (before, after)
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(h["images_per_s"] > 0 for h in history)
     assert [h["epoch"] for h in history] == list(range(1, 9))
@@ -62,9 +66,20 @@ def test_same_seed_same_metrics_on_cpu(tiny_config, data):
 def test_resume_continues_epoch_optimizer_and_matches_an_uninterrupted_run(tiny_config, data):
     cfg = tiny_config(epochs=4)
     full, _ = _run(cfg, data)
-    # "Interrupt" after epoch 2: keep the state reported at that point, start a new run from it.
-    interrupted, payloads = _run(tiny_config(epochs=2), data)
-    state = payloads[-1].state
+    # Interrupt the same run after epoch 2 and start a new run from the state reported then.
+    class Interrupted(Exception):
+        pass
+
+    saved = []
+
+    def report(metrics, payload):
+        saved.append(payload.state)
+        if metrics["epoch"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(cfg, report, data=data)
+    state = saved[-1]
     assert state["epoch"] == 2
     steps_done = state["scheduler"]["last_epoch"]
     resumed, resumed_payloads = _run(cfg, data, resume=state)
@@ -85,10 +100,13 @@ def test_resume_continues_epoch_optimizer_and_matches_an_uninterrupted_run(tiny_
     [(0.0, 0.0), (0.1, 0.0), (0.0, 1.0), (0.1, 1.0)],
     ids=["CE", "CE+LS", "CE+TL", "CE+LS+TL"],
 )
-def test_every_loss_combination_of_the_loss_table_trains(tiny_config, data, head, smoothing,
-                                                         triplet):
-    cfg = tiny_config(epochs=1, **{"model.head": head, "loss.label_smoothing": smoothing,
-                                   "loss.triplet_weight": triplet})
+def test_every_loss_combination_of_the_loss_table_trains(
+    tiny_config, data, head, smoothing, triplet
+):
+    cfg = tiny_config(
+        epochs=1,
+        **{"model.head": head, "loss.label_smoothing": smoothing, "loss.triplet_weight": triplet},
+    )
     history, _ = _run(cfg, data)
     assert math.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
     assert (history[0]["triplet"] > 0) == (triplet > 0)
@@ -119,8 +137,9 @@ def test_blockwise_unfreezing_schedule_and_lr_multiplier():
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    factor = lr_factor(OptimConfig(scheduler="cosine", warmup_epochs=1), epochs=4,
-                       steps_per_epoch=10, depth=2)
+    factor = lr_factor(
+        OptimConfig(scheduler="cosine", warmup_epochs=1), epochs=4, steps_per_epoch=10, depth=2
+    )
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     values = [factor(s) for s in range(10, 40)]
     assert values == sorted(values, reverse=True) and values[-1] < 0.05

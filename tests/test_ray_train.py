@@ -28,17 +28,22 @@ def _untrained_map(cfg) -> float:
     return evaluate_model(model, data, cfg.eval).metrics["mAP"]
 
 
-def test_two_gloo_workers_train_and_lift_map(local_ray, tiny_config, tmp_path):
+def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
+    from reidsearch.config import TrialConfig
     from reidsearch.engine.checkpoint import STATE_FILE
     from reidsearch.search.ray_train import build_torch_trainer
+    from tests.conftest import learnable_config_dict
 
-    cfg = tiny_config(epochs=6, **{"scaling.workers": 2, "scaling.cpus_per_worker": 1.0})
+    cfg = TrialConfig.model_validate(learnable_config_dict(
+        epochs=6, **{"scaling.workers": 2, "scaling.cpus_per_worker": 1.0}))
     before = _untrained_map(cfg)
     result = build_torch_trainer(cfg, name="ddp", storage_path=tmp_path).fit()
     assert result.error is None
     assert result.metrics["epoch"] == 6
-    # Measured here: untrained ~0.25, 6 epochs on 2 workers (2 x 32 images a step) ~0.55.
-    assert result.metrics["best_mAP"] > before + 0.15, (before, result.metrics["best_mAP"])
+    # Measured here: untrained 0.017 mAP; 6 epochs on 2 gloo workers (2 x 32 images a step)
+    # reach 0.118 (the unseen 32 identities, cross-camera).
+    best = result.metrics["best_mAP"]
+    assert best > before + 0.06 and best > 4 * before, (before, best)
     checkpoint, metrics = result.best_checkpoints[0]
     with checkpoint.as_directory() as directory:
         state = torch.load(f"{directory}/{STATE_FILE}", weights_only=True)
@@ -51,12 +56,18 @@ def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp
 
     cfg = tiny_config(epochs=3)
     marker = tmp_path / "crashed"
-    trainer = build_torch_trainer(cfg, name="crash", storage_path=tmp_path / "runs",
-                                  max_failures=1,
-                                  inject_crash={"after_epoch": 2, "marker": str(marker)})
+    trainer = build_torch_trainer(
+        cfg,
+        name="crash",
+        storage_path=tmp_path / "runs",
+        max_failures=1,
+        inject_crash={"after_epoch": 2, "marker": str(marker)},
+    )
     result = trainer.fit()
     assert marker.exists(), "the worker was never killed"
     assert result.error is None
     assert result.metrics["epoch"] == 3
-    # The restarted worker group continued from the epoch-2 checkpoint instead of epoch 0.
-    assert result.metrics["start_epoch"] == 2
+    # The restarted worker group continued from a checkpoint instead of epoch 0: the latest
+    # one the controller had registered when the worker died (epoch 2, or epoch 1 when the
+    # crash beats the asynchronous registration of epoch 2's report).
+    assert result.metrics["start_epoch"] in (1, 2)

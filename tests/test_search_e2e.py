@@ -27,9 +27,15 @@ def local_ray():
 
 def _write_space(path: Path, **fields) -> Path:
     fixed = tiny_config_dict(epochs=2)
-    space = {"name": path.stem, "fixed": fixed, "resources": {"workers": 1, "cpus_per_worker": 1},
-             "max_concurrent": 2, "seed": 0, "storage_path": str(path.parent / "runs"),
-             "mlflow": {"tracking_uri": f"sqlite:///{path.parent / 'mlflow.db'}"}}
+    space = {
+        "name": path.stem,
+        "fixed": fixed,
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "max_concurrent": 2,
+        "seed": 0,
+        "storage_path": str(path.parent / "runs"),
+        "mlflow": {"tracking_uri": f"sqlite:///{path.parent / 'mlflow.db'}"},
+    }
     space.update(fields)
     path.write_text(yaml.safe_dump(space))
     return path
@@ -49,11 +55,15 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
     from reidsearch.search.space import load_search_space
 
     space_file = _write_space(
-        tmp_path / "e2e.yaml", trials=3,
-        search={"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0},
-                "model.head": {"type": "choice", "values": ["latf", "latfpp"]}},
+        tmp_path / "e2e.yaml",
+        trials=3,
+        search={
+            "model.lam": {"type": "uniform", "low": 0.5, "high": 10.0},
+            "model.head": {"type": "choice", "values": ["latf", "latfpp"]},
+        },
         points_to_evaluate=[{"model.lam": 8.0, "model.head": "latf"}],
-        scheduler={"type": "none"})
+        scheduler={"type": "none"},
+    )
     plan, results = run_search(load_search_space(space_file), verbose=0)
     assert len(results) == 3 and not results.errors
     client, parents, children = _trial_runs(plan.tracking_uri, "e2e")
@@ -78,8 +88,11 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
         assert "config/resolved_config.json" in config_artifacts
         assert child.info.status == "FINISHED"
     summary_file = mlflow.artifacts.download_artifacts(
-        run_id=parent.info.run_id, artifact_path="summary/trials.json", dst_path=str(tmp_path),
-        tracking_uri=plan.tracking_uri)
+        run_id=parent.info.run_id,
+        artifact_path="summary/trials.json",
+        dst_path=str(tmp_path),
+        tracking_uri=plan.tracking_uri,
+    )
     summary = json.loads(Path(summary_file).read_text())
     assert len(summary) == 3 and summary[0]["mAP"] == max(row["mAP"] for row in summary)
 
@@ -91,11 +104,14 @@ def test_asha_stops_a_bad_trial_early(local_ray, tmp_path):
     # Grid order puts the two learning configurations first; the two that cannot learn
     # (a vanishing learning rate) reach the first rung later and are cut there.
     space_file = _write_space(
-        tmp_path / "asha.yaml", searcher="grid", max_concurrent=2,
+        tmp_path / "asha.yaml",
+        searcher="grid",
+        max_concurrent=2,
         fixed=tiny_config_dict(epochs=4),
         search={"optim.lr": {"type": "choice", "values": [3e-3, 1e-3, 1e-9, 1e-10]}},
         objective={"metric": "loss", "mode": "min"},
-        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
     plan, results = run_search(load_search_space(space_file), verbose=0)
     epochs = {r.config["grid_point"]["optim.lr"]: r.metrics["epoch"] for r in results}
     assert epochs[3e-3] == 4 or epochs[1e-3] == 4
@@ -110,13 +126,18 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     from reidsearch.search.driver import PruneAwareOptunaSearch
 
     searcher = PruneAwareOptunaSearch(
-        space=lambda trial: trial.suggest_float("x", 0, 1), metric="mAP", mode="max", seed=0,
-        max_epochs=4)
+        space=lambda trial: trial.suggest_float("x", 0, 1),
+        metric="mAP",
+        mode="max",
+        seed=0,
+        max_epochs=4,
+    )
     for trial_id, last_epoch in (("a", 4), ("b", 1)):
         searcher.suggest(trial_id)
         for epoch in range(1, last_epoch + 1):
-            searcher.on_trial_result(trial_id, {"mAP": 0.1 * epoch, "training_iteration": epoch,
-                                                "epoch": epoch})
+            searcher.on_trial_result(
+                trial_id, {"mAP": 0.1 * epoch, "training_iteration": epoch, "epoch": epoch}
+            )
         searcher.on_trial_complete(trial_id, {"mAP": 0.1 * last_epoch, "epoch": last_epoch})
     states = [t.state for t in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]

@@ -18,9 +18,11 @@ from reidsearch.errors import ConfigError
 class PKSampler:
     """Yields lists of ``p * k`` indices into ``labels``: P distinct identities x K images.
 
-    One epoch visits every identity about once (``num_ids // p`` global batches, at least one
-    per rank); identities with fewer than K images are drawn with replacement. Rank ``r`` of
-    ``world_size`` takes global batches r, r + world_size, ... so ranks never share a batch.
+    One epoch covers the training images about once, as in torchreid's identity sampler: each
+    identity's shuffled images are cut into chunks of K (identities with fewer than K images
+    are drawn with replacement), and each batch takes one chunk from P identities that still
+    have chunks left. Rank ``r`` of ``world_size`` takes global batches r, r + world_size, ...
+    so ranks never share a batch.
     """
 
     def __init__(
@@ -52,7 +54,8 @@ class PKSampler:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._position = 0  # batches of the current epoch already yielded (for resuming)
-        per_epoch = max(len(self.ids) // p, world_size)
+        chunks = sum(max(1, len(m) // k) for m in self._members)
+        per_epoch = max(chunks // p, world_size)
         self._global_batches = per_epoch // world_size * world_size
 
     def __len__(self) -> int:
@@ -67,20 +70,27 @@ class PKSampler:
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Every rank's batches of ``epoch``, in order (a function of seed and epoch only)."""
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
-        n_ids = len(self.ids)
-        perm = rng.permutation(n_ids)
+        queues: list[list[np.ndarray]] = []
+        for members in self._members:
+            if len(members) < self.k:
+                shuffled = rng.choice(members, self.k, replace=True)
+            else:
+                shuffled = rng.permutation(members)
+            n_chunks = len(shuffled) // self.k
+            queues.append([shuffled[c * self.k : (c + 1) * self.k] for c in range(n_chunks)])
         batches = []
-        for b in range(self._global_batches):
-            if (b + 1) * self.p <= n_ids:
-                chosen = perm[b * self.p : (b + 1) * self.p]
-            else:  # more ranks than batches of distinct identities: draw extra batches
-                chosen = rng.choice(n_ids, self.p, replace=False)
-            batch = []
-            for i in chosen:
-                members = self._members[i]
-                pick = rng.choice(members, self.k, replace=len(members) < self.k)
-                batch.extend(int(x) for x in pick)
-            batches.append(batch)
+        while len(batches) < self._global_batches:
+            alive = np.flatnonzero([len(q) > 0 for q in queues])
+            if len(alive) >= self.p:
+                chosen = rng.choice(alive, self.p, replace=False)
+                picks = [queues[i].pop() for i in chosen]
+            else:  # identities ran out of chunks (or more ranks than batches): draw fresh ones
+                chosen = rng.choice(len(queues), self.p, replace=False)
+                picks = [
+                    rng.choice(self._members[i], self.k, replace=len(self._members[i]) < self.k)
+                    for i in chosen
+                ]
+            batches.append([int(x) for pick in picks for x in pick])
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -32,17 +32,24 @@ def warn_leaks(data: PreparedData) -> int:
     pairs = find_query_gallery_leaks(data.paths(data.query_index), data.paths(data.gallery_index))
     leaked = len({q for q, _ in pairs})
     if leaked:
-        print(f"reidsearch: warning: {leaked} of {len(data.query_index)} query images are "
-              f"byte-identical to gallery images (e.g. {pairs[0][0]} == {pairs[0][1]})",
-              file=sys.stderr)
+        print(
+            f"reidsearch: warning: {leaked} of {len(data.query_index)} query images are "
+            f"byte-identical to gallery images (e.g. {pairs[0][0]} == {pairs[0][1]})",
+            file=sys.stderr,
+        )
     return leaked
 
 
 def export_best_model(state: dict[str, Any], source_dir: Path | None, target_dir: Path) -> Path:
     """Write the model-only checkpoint (what ``reidsearch eval`` loads) and copy pictures."""
     target_dir.mkdir(parents=True, exist_ok=True)
-    payload = model_payload(TrialConfig.model_validate(state["config"]), state["model"],
-                            state["num_classes"], state["epoch"], state["metrics"])
+    payload = model_payload(
+        TrialConfig.model_validate(state["config"]),
+        state["model"],
+        state["num_classes"],
+        state["epoch"],
+        state["metrics"],
+    )
     save_atomic(payload, target_dir / MODEL_FILE)
     if source_dir is not None:
         for picture in Path(source_dir).glob("*.png"):
@@ -65,9 +72,12 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
         best.update(mAP=previous["metrics"]["mAP"], epoch=previous["epoch"])
 
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
-        print(f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
-              f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
-              f"{metrics['images_per_s']:8.1f} img/s", flush=True)
+        print(
+            f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
+            f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
+            f"{metrics['images_per_s']:8.1f} img/s",
+            flush=True,
+        )
         assert payload is not None
         payload.write(last_dir)
         if payload.eval_output is not None and metrics["mAP"] > best["mAP"]:
@@ -75,15 +85,27 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
             export_best_model(payload.state, last_dir, best_dir)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train(cfg, report, ctx=TrainContext(device=device, progress=sys.stderr.isatty()),
-          resume=resume, data=data)
+    train(
+        cfg,
+        report,
+        ctx=TrainContext(device=device, progress=sys.stderr.isatty()),
+        resume=resume,
+        data=data,
+    )
     return best
 
 
-def evaluate_checkpoint(path: Path, *, data: str | None = None, layout: str | None = None,
-                        rerank: bool = False, flip: bool = False, feature: str | None = None,
-                        out_dir: Path = Path("reidsearch_eval"),
-                        no_camera: bool = False) -> dict[str, float]:
+def evaluate_checkpoint(
+    path: Path,
+    *,
+    data: str | None = None,
+    layout: str | None = None,
+    rerank: bool = False,
+    flip: bool = False,
+    feature: str | None = None,
+    out_dir: Path = Path("reidsearch_eval"),
+    no_camera: bool = False,
+) -> dict[str, float]:
     """Rebuild the model of a checkpoint, score it on a dataset and write the pictures."""
     payload = load_checkpoint(path)
     if "config" not in payload or "model" not in payload:
@@ -105,9 +127,11 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, layout: str | No
     model = build_model(cfg.model, payload["num_classes"], (cfg.data.height, cfg.data.width))
     model.load_state_dict(payload["model"])
     model.to(device)
-    eval_cfg = EvalConfig(flip=flip, rerank=rerank, use_camera=not no_camera,
-                          batch_size=cfg.eval.batch_size)
-    output = evaluate_model(model, prepared, eval_cfg, feature=cfg.model.feature, device=device,
-                            amp=cfg.amp)
+    eval_cfg = EvalConfig(
+        flip=flip, rerank=rerank, use_camera=not no_camera, batch_size=cfg.eval.batch_size
+    )
+    output = evaluate_model(
+        model, prepared, eval_cfg, feature=cfg.model.feature, device=device, amp=cfg.amp
+    )
     write_eval_pictures(output, prepared, out_dir)
     return output.metrics

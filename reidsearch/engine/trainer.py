@@ -133,9 +133,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _epoch_generator(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
-    """Augmentation randomness that depends only on (seed, epoch, rank): resume reproduces it."""
-    generator = torch.Generator(device=device)
+def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Augmentation randomness that depends only on (seed, epoch, rank): resume reproduces it.
+    A CPU generator: BatchAugment draws its random numbers on the CPU for any device."""
+    generator = torch.Generator()
     generator.manual_seed((seed * 1_000_003 + epoch * 1_009 + rank) % 2**63)
     return generator
 
@@ -228,7 +229,7 @@ def train(
             forward_model = _wrap_ddp(model, ctx)  # DDP must see the new set of trained params
             frozen_blocks = n_trainable
         sampler.set_epoch(epoch)
-        generator = _epoch_generator(cfg.seed, epoch, ctx.rank, device)
+        generator = _epoch_generator(cfg.seed, epoch, ctx.rank)
         model.train()
         sums = {"loss": 0.0, "ce": 0.0, "triplet": 0.0}
         seen, started = 0, time.perf_counter()
@@ -254,8 +255,9 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
-            for key in sums:
-                sums[key] += float(parts.get(key, 0.0))
+            sums["loss"] += float(parts["total"])
+            sums["ce"] += float(parts.get("ce", 0.0))
+            sums["triplet"] += float(parts.get("triplet", 0.0))
             seen += len(index)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

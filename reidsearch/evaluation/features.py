@@ -1,0 +1,37 @@
+"""Feature extraction for evaluation: no grad, bf16 autocast on CUDA, optional flip TTA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def extract_features(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[torch.Tensor],
+    *,
+    flip: bool = False,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+) -> torch.Tensor:
+    """L2-normalised float32 (N, D) features on CPU.
+
+    ``flip`` averages each image's feature with its horizontal mirror's before normalising.
+    Autocast (bf16) runs only on CUDA: CPU bf16 is slow on most CPUs and changes the numbers.
+    """
+    out: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for x in batches:
+            if device is not None:
+                x = x.to(device, non_blocking=True)
+            use_amp = amp and x.device.type == "cuda"
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                f = feature_fn(x).float()
+                if flip:
+                    f = f + feature_fn(torch.flip(x, dims=[3])).float()
+            out.append(F.normalize(f.flatten(1), dim=1).cpu())
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)

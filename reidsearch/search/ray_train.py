@@ -99,6 +99,7 @@ def build_torch_trainer(
     mode: str = "max",
     callbacks: list | None = None,
     verbose: bool = False,
+    inject_crash: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one trial. ``name`` must be stable across restarts (a trial id, not a
     timestamp), or a restarted trial does not find its checkpoints."""
@@ -107,8 +108,11 @@ def build_torch_trainer(
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "verbose": verbose,
-                           "inject_crash": inject_crash},
+        train_loop_config={
+            "trial": cfg.model_dump(),
+            "verbose": verbose,
+            "inject_crash": inject_crash,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
             use_gpu=cfg.scaling.gpus_per_worker > 0,

@@ -15,8 +15,9 @@ from reidsearch.errors import ReidSearchError
 from reidsearch.search.cluster import check_fits, init_ray
 
 
-def train_on_ray(cfg: TrialConfig, output: Path, name: str,
-                 address: str | None = None) -> dict[str, Any]:
+def train_on_ray(
+    cfg: TrialConfig, output: Path, name: str, address: str | None = None
+) -> dict[str, Any]:
     """Fit a TorchTrainer (DDP over ``cfg.scaling.workers``) and export the best model.
 
     A run with the same ``name`` and ``output`` resumes from its latest checkpoint.

@@ -1,0 +1,5 @@
+import sys
+
+from reidsearch.cli import main
+
+sys.exit(main())
