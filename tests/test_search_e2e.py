@@ -125,8 +125,11 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
 
     from reidsearch.search.driver import PruneAwareOptunaSearch
 
+    def space(trial):
+        trial.suggest_float("x", 0, 1)
+
     searcher = PruneAwareOptunaSearch(
-        space=lambda trial: trial.suggest_float("x", 0, 1),
+        space=space,
         metric="mAP",
         mode="max",
         seed=0,

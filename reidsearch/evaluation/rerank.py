@@ -13,9 +13,10 @@ Same result as the dense textbook algorithm over all N = Q + G items:
   lambda * d.
 
 Why it fits in memory: the sets only need each item's top max(k1+1, k2) neighbours, found in row
-chunks (matmul + top-k); V is kept as sparse (row, col, value) lists; the query x gallery Jaccard
-part is accumulated per query chunk through an inverted index over V's columns. Nothing N x N is
-ever stored. The same torch code runs on CPU or CUDA tensors.
+chunks (matmul + top-k; 64 are kept so most distances V needs are looked up, not recomputed); V
+is kept as sparse (row, col, value) lists; the query x gallery Jaccard part is accumulated per
+query chunk through an inverted index over V's columns. Nothing N x N is ever stored. The same
+torch code runs on CPU or CUDA tensors.
 
 With features, d is the squared Euclidean distance of L2-normalised features, 2 - 2 * cos.
 """
