@@ -123,6 +123,7 @@ class EvalConfig(_Strict):
     rerank: bool = False
     use_camera: bool = Field(True, description="False: keep same-camera matches")
     batch_size: int = Field(128, ge=1)
+    baseline: bool = Field(False, description="also score the untrained model (untrained_mAP)")
 
 
 class ScalingConfig(_Strict):

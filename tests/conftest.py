@@ -61,8 +61,19 @@ def tiny_config_dict(**overrides) -> dict:
 
 def learnable_config_dict(**overrides) -> dict:
     """Enough identities (160) at 128x64 that a few epochs clearly beat the untrained model."""
-    data = {"synthetic": {"layout": "latfpp", "ids": 160, "test_ids": 32, "images_per_camera": 3,
-                          "height": 128, "width": 64, "seed": 0}, "height": 128, "width": 64}
+    data = {
+        "synthetic": {
+            "layout": "latfpp",
+            "ids": 160,
+            "test_ids": 32,
+            "images_per_camera": 3,
+            "height": 128,
+            "width": 64,
+            "seed": 0,
+        },
+        "height": 128,
+        "width": 64,
+    }
     cfg = tiny_config_dict(**overrides)
     cfg["data"] = data
     cfg["model"] = {"backbone": "vit_tiny_patch16_224", "depth": 2, "head": "latfpp"}

@@ -18,8 +18,13 @@ COMMANDS = ["run", "train", "eval", "leaderboard", "ui", "synth", "data"]
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reidsearch.cli", *args], capture_output=True,
-                          text=True, cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "reidsearch.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
 
 
 def test_help_lists_every_command():
@@ -39,9 +44,14 @@ def test_each_command_has_help(command, capsys):
 
 def test_malformed_search_space_fails_fast_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"fixed": {"model": {"lam": 8.0}},
-                                   "search": {"model.lamda": {"type": "uniform", "low": 0,
-                                                              "high": 1}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": {"model": {"lam": 8.0}},
+                "search": {"model.lamda": {"type": "uniform", "low": 0, "high": 1}},
+            }
+        )
+    )
     started = time.perf_counter()
     out = _cli("run", str(bad))
     elapsed = time.perf_counter() - started
@@ -74,10 +84,21 @@ def test_dry_run_prints_the_resolved_space_without_starting_ray(tmp_path):
 
 def test_synth_then_data_info(tmp_path, capsys):
     root = tmp_path / "market"
-    assert main(["synth", str(root), "--layout", "market1501", "--ids", "6", "--cameras",
-                 "3"]) == 0
-    assert main(["data", "info", str(root), "--layout", "market1501", "--save",
-                 str(tmp_path / "m.parquet")]) == 0
+    assert main(["synth", str(root), "--layout", "market1501", "--ids", "6", "--cameras", "3"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "info",
+                str(root),
+                "--layout",
+                "market1501",
+                "--save",
+                str(tmp_path / "m.parquet"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train" in out and "gallery" in out and (tmp_path / "m.parquet").is_file()
 
@@ -85,19 +106,22 @@ def test_synth_then_data_info(tmp_path, capsys):
 def test_train_without_ray_then_eval_the_best_checkpoint(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(epochs=2)))
-    assert main(["train", str(config), "--no-ray", "--output", str(tmp_path / "runs"),
-                 "--name", "t"]) == 0
+    assert (
+        main(["train", str(config), "--no-ray", "--output", str(tmp_path / "runs"), "--name", "t"])
+        == 0
+    )
     best = tmp_path / "runs" / "t" / "best" / "model.pt"
     assert best.is_file() and (tmp_path / "runs" / "t" / "best" / "cmc.png").is_file()
     train_out = capsys.readouterr().out
     assert "epoch   2" in train_out and "img/s" in train_out
-    assert main(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "eval"),
-                 "--flip"]) == 0
+    assert main(["eval", "--checkpoint", str(best), "--out", str(tmp_path / "eval"), "--flip"]) == 0
     out = capsys.readouterr().out
     assert "mAP" in out and "valid queries 32" in out  # 16 ids x 2 cameras
     pictures = sorted(p.name for p in (tmp_path / "eval").iterdir())
     assert "cmc.png" in pictures and any(p.startswith("ranked_list_") for p in pictures)
     # Training again under the same name resumes: nothing left to do, history kept.
-    assert main(["train", str(config), "--no-ray", "--output", str(tmp_path / "runs"),
-                 "--name", "t"]) == 0
+    assert (
+        main(["train", str(config), "--no-ray", "--output", str(tmp_path / "runs"), "--name", "t"])
+        == 0
+    )
     assert "resuming t from epoch 2" in capsys.readouterr().out

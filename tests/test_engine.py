@@ -66,6 +66,7 @@ def test_same_seed_same_metrics_on_cpu(tiny_config, data):
 def test_resume_continues_epoch_optimizer_and_matches_an_uninterrupted_run(tiny_config, data):
     cfg = tiny_config(epochs=4)
     full, _ = _run(cfg, data)
+
     # Interrupt the same run after epoch 2 and start a new run from the state reported then.
     class Interrupted(Exception):
         pass

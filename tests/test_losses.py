@@ -94,10 +94,10 @@ def test_reid_loss_combines_parts(reduction):
     rows = torch.stack([cross_entropy_label_smoothing(lg, labels, 0.1) for lg in out.logits])
     ce = rows.sum() if reduction == "sum" else rows.mean()
     tri = batch_hard_triplet(out.embedding, labels, 0.3)
-    assert parts["ce"] == pytest.approx(ce.item(), abs=1e-6)
-    assert parts["triplet"] == pytest.approx(tri.item(), abs=1e-6)
+    assert parts["ce"].item() == pytest.approx(ce.item(), abs=1e-6)
+    assert parts["triplet"].item() == pytest.approx(tri.item(), abs=1e-6)
     assert total.item() == pytest.approx(0.7 * ce.item() + 2.0 * tri.item(), abs=1e-5)
-    assert parts["total"] == pytest.approx(total.item(), abs=1e-6)
+    assert parts["total"].item() == pytest.approx(total.item(), abs=1e-6)
     assert set(parts) == {"ce", "triplet", "total"}
 
 
@@ -105,6 +105,6 @@ def test_reid_loss_triplet_only_uses_embedding():
     out, labels = _output(1), torch.tensor([0, 0, 1, 1])
     out.embedding.requires_grad_(True)
     total, parts = ReIDLoss(LossConfig(ce_weight=0.0, triplet_weight=1.0))(out, labels)
-    assert parts["ce"] == 0.0
+    assert parts["ce"].item() == 0.0
     total.backward()
     assert out.embedding.grad is not None

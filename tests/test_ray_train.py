@@ -34,8 +34,9 @@ def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     from reidsearch.search.ray_train import build_torch_trainer
     from tests.conftest import learnable_config_dict
 
-    cfg = TrialConfig.model_validate(learnable_config_dict(
-        epochs=6, **{"scaling.workers": 2, "scaling.cpus_per_worker": 1.0}))
+    cfg = TrialConfig.model_validate(
+        learnable_config_dict(epochs=6, **{"scaling.workers": 2, "scaling.cpus_per_worker": 1.0})
+    )
     before = _untrained_map(cfg)
     result = build_torch_trainer(cfg, name="ddp", storage_path=tmp_path).fit()
     assert result.error is None

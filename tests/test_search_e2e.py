@@ -118,6 +118,10 @@ def test_asha_stops_a_bad_trial_early(local_ray, tmp_path):
     assert min(epochs[1e-9], epochs[1e-10]) < 4, epochs
     _, _, children = _trial_runs(plan.tracking_uri, "asha")
     assert any(c.data.tags.get("stopped_early") == "True" for c in children)
+    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+
+    name, rows = fetch_leaderboard(plan.tracking_uri, "asha", top=10)
+    assert len(rows) == 4 and "stopped" in format_leaderboard(name, rows)
 
 
 def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():

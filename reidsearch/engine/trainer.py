@@ -30,6 +30,7 @@ from reidsearch.engine.evaluate import EvalOutput, evaluate_model, write_eval_pi
 from reidsearch.modeling import ReIDLoss, ReIDModel, build_model, freeze_backbone_blocks
 
 GPU_CACHE_LIMIT_BYTES = 8 * 1024**3
+NAN_CHECK_EVERY = 20  # steps between NaN checks (each check waits for the GPU)
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,6 +74,34 @@ class CheckpointPayload:
 
 
 Reporter = Callable[[dict[str, float], CheckpointPayload | None], None]
+
+
+def _check_finite(loss_sums: torch.Tensor, epoch: int) -> None:
+    """Stop a diverged trial: a NaN/inf loss poisons every later step (and the sums)."""
+    if not bool(torch.isfinite(loss_sums).all()):
+        raise TrainingDiverged(f"loss is {loss_sums[0].item()} at epoch {epoch + 1}")
+
+
+def train_step(
+    forward_model: nn.Module,
+    loss_fn: ReIDLoss,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bf16: bool = False,
+    grad_clip: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the detached loss parts (no host-device sync here)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = forward_model(images)
+        loss, parts = loss_fn(output, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(forward_model.parameters(), grad_clip)
+    optimizer.step()
+    return parts
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -219,6 +248,13 @@ def train(
         last_eval = dict(resume.get("last_eval", {}))
         torch.set_rng_state(resume["torch_rng"])
 
+    untrained: dict[str, float] = dict(resume.get("untrained", {})) if resume else {}
+    if cfg.eval.baseline and ctx.rank == 0 and resume is None:
+        scores = evaluate_model(
+            model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp
+        ).metrics
+        untrained = {"untrained_mAP": scores["mAP"], "untrained_rank1": scores["rank1"]}
+
     forward_model: nn.Module = model
     frozen_blocks = None
     metrics: dict[str, float] = {}
@@ -231,7 +267,8 @@ def train(
         sampler.set_epoch(epoch)
         generator = _epoch_generator(cfg.seed, epoch, ctx.rank)
         model.train()
-        sums = {"loss": 0.0, "ce": 0.0, "triplet": 0.0}
+        # Loss sums stay on the device: a float() per step would stall the GPU every step.
+        sums = torch.zeros(3, device=device)
         seen, started = 0, time.perf_counter()
         batches = sampler
         if ctx.progress and ctx.rank == 0:
@@ -240,25 +277,25 @@ def train(
             else:
                 from tqdm import tqdm as bar
             batches = bar(sampler, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        for batch in batches:
+        for step, batch in enumerate(batches, 1):
             index = np.asarray(batch)
             labels = torch.as_tensor(data.train_labels[index], device=device)
             images = augment(source.batch(data.train_index[index]), generator=generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                output = forward_model(images)
-                loss, parts = loss_fn(output, labels)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            parts = train_step(
+                forward_model,
+                loss_fn,
+                optimizer,
+                images,
+                labels,
+                bf16=use_bf16,
+                grad_clip=cfg.optim.grad_clip,
+            )
             scheduler.step()
-            sums["loss"] += float(parts["total"])
-            sums["ce"] += float(parts.get("ce", 0.0))
-            sums["triplet"] += float(parts.get("triplet", 0.0))
+            sums += torch.stack([parts["total"], parts["ce"], parts["triplet"]])
             seen += len(index)
+            if step % NAN_CHECK_EVERY == 0:
+                _check_finite(sums, epoch)
+        _check_finite(sums, epoch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
@@ -273,12 +310,12 @@ def train(
             if last_eval["mAP"] > best["mAP"]:
                 best = {"mAP": last_eval["mAP"], "epoch": epoch + 1}
 
-        steps = max(1, len(sampler))
+        loss_sum, ce_sum, triplet_sum = (sums / max(1, len(sampler))).tolist()
         metrics = {
             "epoch": epoch + 1,
-            "loss": sums["loss"] / steps,
-            "ce": sums["ce"] / steps,
-            "triplet": sums["triplet"] / steps,
+            "loss": loss_sum,
+            "ce": ce_sum,
+            "triplet": triplet_sum,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen * ctx.world_size / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
@@ -289,6 +326,7 @@ def train(
             },
             "best_mAP": max(best["mAP"], 0.0),
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
+            **untrained,
         }
         payload = None
         if ctx.rank == 0:
@@ -303,6 +341,7 @@ def train(
                 "sampler": sampler.state_dict(),
                 "best": best,
                 "last_eval": last_eval,
+                "untrained": untrained,
                 "torch_rng": torch.get_rng_state(),
             }
             payload = CheckpointPayload(state=state, eval_output=eval_output, data=data)

@@ -7,6 +7,7 @@ without faiss a chunked torch matmul + top-k gives the same lists.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,8 @@ def _as_float32(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _faiss():
+    # faiss logs every CPU-feature probe at INFO; Ray workers show INFO, so quieten it.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:

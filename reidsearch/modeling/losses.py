@@ -75,10 +75,13 @@ class ReIDLoss:
 
     def __call__(
         self, output: ReIDOutput, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and its detached parts, as 0-d tensors on the loss's device: turning
+        them into Python floats here would make every training step wait for the GPU."""
         cfg = self.cfg
         total = output.embedding.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {"ce": 0.0, "triplet": 0.0}
+        zero = total.detach()
+        parts: dict[str, torch.Tensor] = {"ce": zero, "triplet": zero}
         if cfg.ce_weight > 0:
             per_row = torch.stack(
                 [
@@ -88,10 +91,10 @@ class ReIDLoss:
             )
             ce = per_row.sum() if cfg.row_reduction == "sum" else per_row.mean()
             total = total + cfg.ce_weight * ce
-            parts["ce"] = float(ce.detach())
+            parts["ce"] = ce.detach()
         if cfg.triplet_weight > 0:
             tri = batch_hard_triplet(output.embedding, labels, cfg.triplet_margin)
             total = total + cfg.triplet_weight * tri
-            parts["triplet"] = float(tri.detach())
-        parts["total"] = float(total.detach())
+            parts["triplet"] = tri.detach()
+        parts["total"] = total.detach()
         return total, parts

@@ -57,6 +57,9 @@ def format_leaderboard(experiment: str, rows: list[dict[str, Any]]) -> str:
         return f"experiment {experiment!r}: no trials"
     keys = sorted({k for row in rows for k in row["params"]})
     header = ["#", "trial", "status", "mAP", "rank-1", "rank-5", "mINP", "epochs", *keys]
+    baselines = [
+        row["metrics"]["untrained_mAP"] for row in rows if "untrained_mAP" in row["metrics"]
+    ]
     table = [header]
     for n, row in enumerate(rows, 1):
         m = row["metrics"]
@@ -78,9 +81,17 @@ def format_leaderboard(experiment: str, rows: list[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [f"Leaderboard of experiment {experiment!r} (best mAP per trial, in %)"]
+    lines = [
+        f"Leaderboard of experiment {experiment!r} (in %: mAP at each trial's best epoch; "
+        "rank-k and mINP at its last; stopped = stopped early by ASHA)"
+    ]
     for r in table:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)))
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if baselines:
+        lines.append(
+            f"untrained model (same data, random init): mAP "
+            f"{100 * max(baselines):.1f}% (best of {len(baselines)} trials' own)"
+        )
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ checkpoint with the full training state, from which a restarted run resumes.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -66,6 +67,8 @@ def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    # Ray Train logs every report and checkpoint at INFO; our own epoch line says it better.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = TrialConfig.model_validate(loop_config["trial"])
     verbose = bool(loop_config.get("verbose", False))
     fault = loop_config.get("inject_crash")
