@@ -107,13 +107,13 @@ def test_quickstart_is_small_and_synthetic() -> None:
     space = load_search_space(SPACES / "quickstart.yaml")
     c = space.fixed_config
     assert c.data.root is None and c.data.synthetic is not None
-    assert (c.data.synthetic.ids, c.data.height, c.data.width) == (32, 64, 32)
+    assert (c.data.synthetic.ids, c.data.height, c.data.width) == (160, 128, 64)
     assert c.model.depth == 2 and not c.model.pretrained
-    assert c.epochs == 6 and (space.trials, space.max_concurrent) == (6, 2)
+    assert c.epochs == 8 and (space.trials, space.max_concurrent) == (6, 2)
     assert space.resources.gpus_per_worker == 0 and space.resources.cpus_per_worker == 1
-    assert space.scheduler.max_t == 6
+    assert space.scheduler.max_t == 8 and c.eval.baseline
     lr = space.param("optim.lr")
-    assert (lr.type, lr.low, lr.high) == ("loguniform", 3e-4, 3e-3)
+    assert (lr.type, lr.low, lr.high) == ("loguniform", 2e-4, 2e-3)
 
 
 def test_table1_grid_is_the_four_loss_combinations() -> None:
