@@ -136,12 +136,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reidsearch.search.driver import run_search
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
 
-    plan, _ = run_search(
+    plan, results = run_search(
         space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
     )
     name, rows = fetch_leaderboard(plan.tracking_uri, plan.experiment, top=args.top)
     print(format_leaderboard(name, rows))
     print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
+    if results.num_errors == len(results):
+        first = str(results.errors[0]).strip().splitlines()[0] if results.errors else "?"
+        raise ReidSearchError(
+            f"all {len(results)} trials failed (first: {first}); logs in {plan.experiment_dir}"
+        )
     return 0
 
 

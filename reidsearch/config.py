@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidsearch.errors import ConfigError
 
@@ -21,6 +21,12 @@ LAYOUTS = ("latfpp", "market1501", "dukemtmc", "msmt17", "generic")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _absolute(value: str | None) -> str | None:
+    """Relative paths are made absolute where the config is loaded: Ray workers run in other
+    working directories, so a relative path would point elsewhere there."""
+    return None if value is None else str(Path(value).expanduser().resolve())
 
 
 class SyntheticConfig(_Strict):
@@ -36,6 +42,15 @@ class SyntheticConfig(_Strict):
     seed: int = 0
 
 
+class AugmentConfig(_Strict):
+    """Training augmentation (batched tensor ops; the LA-TF recipe is flip only: pad 0,
+    erasing_p 0). Evaluation only resizes and normalises."""
+
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    pad: int = Field(10, ge=0, description="zero-pad then random-crop back, in pixels")
+    erasing_p: float = Field(0.5, ge=0.0, le=1.0, description="random erasing probability")
+
+
 class DataConfig(_Strict):
     """Where the images come from and at which resolution the model sees them."""
 
@@ -46,7 +61,9 @@ class DataConfig(_Strict):
     height: int = Field(224, ge=16)
     width: int = Field(224, ge=16)
     cache_dir: str | None = Field(None, description="decoded-image cache; default ~/.cache")
-    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+    _paths = field_validator("root", "cache_dir")(_absolute)
 
     @model_validator(mode="after")
     def _root_or_synthetic(self) -> DataConfig:
@@ -70,6 +87,8 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     feature: str = Field("default", description="test-time feature name of the head")
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+
+    _paths = field_validator("weights")(_absolute)
 
 
 class LossConfig(_Strict):

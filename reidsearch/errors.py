@@ -16,3 +16,9 @@ class ConfigError(ReidSearchError):
 
 class DatasetError(ReidSearchError):
     """A dataset folder or file does not match its layout (missing folder, unparsable name)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's (often multi-line) error message, for a one-line error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

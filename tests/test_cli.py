@@ -125,3 +125,23 @@ def test_train_without_ray_then_eval_the_best_checkpoint(tmp_path, capsys):
         == 0
     )
     assert "resuming t from epoch 2" in capsys.readouterr().out
+    # ...but not under other model settings: that would silently mix two experiments.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(tiny_config_dict(epochs=2, **{"model.lam": 1.0})))
+    assert (
+        main(["train", str(changed), "--no-ray", "--output", str(tmp_path / "runs"), "--name", "t"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other model settings" in err[0]
+
+
+def test_relative_paths_in_a_config_are_made_absolute(tmp_path, monkeypatch):
+    from reidsearch.config import TrialConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrialConfig.model_validate(
+        {"data": {"root": "data/market"}, "model": {"weights": "w.safetensors"}}
+    )
+    assert cfg.data.root == str(tmp_path / "data" / "market")
+    assert cfg.model.weights == str(tmp_path / "w.safetensors")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from reidsearch.errors import DatasetError
 from reidsearch.evaluation import evaluate
 
 
@@ -173,7 +174,7 @@ def test_positive_beyond_rank_2048_counts() -> None:
 
 def test_no_valid_query_raises() -> None:
     qf = np.eye(2, dtype=np.float32)
-    with pytest.raises(ValueError, match="no query has a valid match"):
+    with pytest.raises(DatasetError, match="no query has a valid match"):
         evaluate(qf, qf, [1, 2], [1, 2], [0, 0], [0, 0])
 
 

@@ -72,3 +72,13 @@ def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp
     # one the controller had registered when the worker died (epoch 2, or epoch 1 when the
     # crash beats the asynchronous registration of epoch 2's report).
     assert result.metrics["start_epoch"] in (1, 2)
+
+
+def test_a_user_error_inside_a_worker_reaches_the_cli_as_one_line(local_ray, tiny_config, tmp_path):
+    from reidsearch.errors import ReidSearchError
+    from reidsearch.search.single import train_on_ray
+
+    cfg = tiny_config(epochs=1, **{"sampler.p": 64})  # the synthetic train split has 32 ids
+    with pytest.raises(ReidSearchError, match="sampler.p") as info:
+        train_on_ray(cfg, tmp_path, name="bad")
+    assert "\n" not in str(info.value)

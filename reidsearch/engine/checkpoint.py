@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from reidsearch.config import TrialConfig
-from reidsearch.errors import ReidSearchError
+from reidsearch.errors import ReidSearchError, first_line
 
 STATE_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
@@ -39,7 +39,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
-        raise ReidSearchError(f"{path}: not a reidsearch checkpoint ({exc})") from None
+        raise ReidSearchError(
+            f"{path}: not a reidsearch checkpoint readable with weights_only=True "
+            f"({first_line(exc)})"
+        ) from None
 
 
 def model_payload(

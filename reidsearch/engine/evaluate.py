@@ -90,6 +90,19 @@ def evaluate_model(
     )
 
 
+def check_leaks(data: PreparedData) -> int:
+    """Warn (stderr) when query images are byte-identical to gallery images; returns how many."""
+    import sys
+
+    from reidsearch.evaluation.leaks import find_query_gallery_leaks, leak_warning
+
+    pairs = find_query_gallery_leaks(data.paths(data.query_index), data.paths(data.gallery_index))
+    message = leak_warning(pairs, len(data.query_index))
+    if message:
+        print(f"reidsearch: warning: {message}", file=sys.stderr)
+    return len({query for query, _ in pairs})
+
+
 def write_eval_pictures(
     output: EvalOutput, data: PreparedData, out_dir: Path, num_queries: int = 4, top: int = 10
 ) -> list[Path]:
@@ -100,12 +113,19 @@ def write_eval_pictures(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "cmc.png"]
     plot_cmc(output.cmc, written[0], title=f"CMC (mAP {100 * output.metrics['mAP']:.1f}%)")
-    k = min(top, len(data.gallery_index))
-    _, ranked = faiss_topk(output.query_features.numpy(), output.gallery_features.numpy(), k)
+    # Rank deeper than `top`, then drop what the protocol ignores for each query (junk and
+    # same-identity same-camera images), so the picture shows the list the metrics score.
+    depth = min(len(data.gallery_index), top + 64)
+    _, ranked = faiss_topk(output.query_features.numpy(), output.gallery_features.numpy(), depth)
     q_pids, g_pids = data.query_pids, data.gallery_pids
+    q_cams, g_cams = data.query_camids, data.gallery_camids
     picks = np.linspace(0, len(data.query_index) - 1, num=min(num_queries, len(data.query_index)))
     for n, qi in enumerate(np.unique(picks.astype(int))):
-        gallery_rows = ranked[qi]
+        rows = ranked[qi]
+        ignored = (g_pids[rows] == -1) | (
+            (g_pids[rows] == q_pids[qi]) & (g_cams[rows] == q_cams[qi])
+        )
+        gallery_rows = rows[~ignored][:top]
         path = out_dir / f"ranked_list_{n}.png"
         plot_ranked_list(
             data.cache.images[data.query_index[qi]],

@@ -18,26 +18,11 @@ from reidsearch.engine.checkpoint import (
     model_payload,
     save_atomic,
 )
-from reidsearch.engine.data import PreparedData, prepare_data
-from reidsearch.engine.evaluate import evaluate_model, write_eval_pictures
+from reidsearch.engine.data import prepare_data
+from reidsearch.engine.evaluate import check_leaks, evaluate_model, write_eval_pictures
 from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
 from reidsearch.errors import ReidSearchError
 from reidsearch.modeling import build_model
-
-
-def warn_leaks(data: PreparedData) -> int:
-    """Warn when query images are byte-identical to gallery images (a leaked split)."""
-    from reidsearch.evaluation.leaks import find_query_gallery_leaks
-
-    pairs = find_query_gallery_leaks(data.paths(data.query_index), data.paths(data.gallery_index))
-    leaked = len({q for q, _ in pairs})
-    if leaked:
-        print(
-            f"reidsearch: warning: {leaked} of {len(data.query_index)} query images are "
-            f"byte-identical to gallery images (e.g. {pairs[0][0]} == {pairs[0][1]})",
-            file=sys.stderr,
-        )
-    return leaked
 
 
 def export_best_model(state: dict[str, Any], source_dir: Path | None, target_dir: Path) -> Path:
@@ -63,9 +48,15 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
     last_dir, best_dir = run_dir / "last", run_dir / "best"
     resume = load_checkpoint(last_dir / STATE_FILE) if (last_dir / STATE_FILE).is_file() else None
     if resume is not None:
+        previous = TrialConfig.model_validate(resume["config"])
+        for section in ("data", "model", "loss", "sampler"):
+            if getattr(previous, section) != getattr(cfg, section):
+                raise ReidSearchError(
+                    f"{run_dir}: an earlier run named {name!r} used other {section} settings; "
+                    "pass another --name (or delete the folder) to start afresh"
+                )
         print(f"resuming {name} from epoch {resume['epoch']}")
     data = prepare_data(cfg.data)
-    warn_leaks(data)
     best = {"mAP": -1.0, "epoch": 0, "path": best_dir / MODEL_FILE}
     if resume is not None and (best_dir / MODEL_FILE).is_file():
         previous = load_checkpoint(best_dir / MODEL_FILE)
@@ -78,9 +69,10 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
             f"{metrics['images_per_s']:8.1f} img/s",
             flush=True,
         )
-        assert payload is not None
+        if payload is None:  # an epoch without evaluation: nothing to save
+            return
         payload.write(last_dir)
-        if payload.eval_output is not None and metrics["mAP"] > best["mAP"]:
+        if metrics["mAP"] > best["mAP"]:
             best.update(mAP=metrics["mAP"], epoch=int(metrics["epoch"]))
             export_best_model(payload.state, last_dir, best_dir)
 
@@ -122,7 +114,7 @@ def evaluate_checkpoint(
         overrides["model.feature"] = feature
     cfg = with_overrides(cfg, overrides) if overrides else cfg
     prepared = prepare_data(cfg.data)
-    warn_leaks(prepared)
+    check_leaks(prepared)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model, payload["num_classes"], (cfg.data.height, cfg.data.width))
     model.load_state_dict(payload["model"])

@@ -26,7 +26,13 @@ from reidsearch.data.augment import BatchAugment
 from reidsearch.data.sampler import PKSampler
 from reidsearch.engine.checkpoint import STATE_FILE, save_atomic
 from reidsearch.engine.data import PreparedData, prepare_data
-from reidsearch.engine.evaluate import EvalOutput, evaluate_model, write_eval_pictures
+from reidsearch.engine.evaluate import (
+    SCALAR_METRICS,
+    EvalOutput,
+    check_leaks,
+    evaluate_model,
+    write_eval_pictures,
+)
 from reidsearch.modeling import ReIDLoss, ReIDModel, build_model, freeze_backbone_blocks
 
 GPU_CACHE_LIMIT_BYTES = 8 * 1024**3
@@ -158,15 +164,20 @@ def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int, depth: int) -
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds torch (CPU and every CUDA device) and numpy."""
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     """Augmentation randomness that depends only on (seed, epoch, rank): resume reproduces it.
     A CPU generator: BatchAugment draws its random numbers on the CPU for any device."""
     generator = torch.Generator()
-    generator.manual_seed((seed * 1_000_003 + epoch * 1_009 + rank) % 2**63)
+    generator.manual_seed(_epoch_seed(seed, epoch, rank))
     return generator
 
 
@@ -216,7 +227,6 @@ def train(
     data = data or prepare_data(cfg.data)
     image_size = (cfg.data.height, cfg.data.width)
     model: ReIDModel = build_model(cfg.model, data.num_classes, image_size).to(device)
-    seed_everything(cfg.seed + ctx.rank)  # same init on every rank, own dropout noise per rank
     loss_fn = ReIDLoss(cfg.loss)
     optimizer = build_optimizer(cfg.optim, model)
     sampler = PKSampler(
@@ -232,7 +242,16 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.optim, cfg.epochs, steps_per_epoch, depth)
     )
-    augment = BatchAugment(cfg.data.height, cfg.data.width, model.mean, model.std, train=True)
+    augment = BatchAugment(
+        cfg.data.height,
+        cfg.data.width,
+        model.mean,
+        model.std,
+        train=True,
+        flip_p=cfg.data.augment.flip_p,
+        pad=cfg.data.augment.pad,
+        erasing_p=cfg.data.augment.erasing_p,
+    )
     use_bf16 = cfg.amp and device.type == "cuda"
     source = ImageSource(data, device)
 
@@ -246,9 +265,9 @@ def train(
         start_epoch = int(resume["epoch"])
         best = dict(resume["best"])
         last_eval = dict(resume.get("last_eval", {}))
-        torch.set_rng_state(resume["torch_rng"])
 
     untrained: dict[str, float] = dict(resume.get("untrained", {})) if resume else {}
+    leaks = check_leaks(data) if ctx.rank == 0 and resume is None else 0
     if cfg.eval.baseline and ctx.rank == 0 and resume is None:
         scores = evaluate_model(
             model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp
@@ -263,8 +282,13 @@ def train(
         if n_trainable != frozen_blocks:
             freeze_backbone_blocks(model, n_trainable)
             forward_model = _wrap_ddp(model, ctx)  # DDP must see the new set of trained params
+            if cfg.compile:
+                forward_model = torch.compile(forward_model)
             frozen_blocks = n_trainable
         sampler.set_epoch(epoch)
+        # Dropout noise per (seed, epoch, rank): each rank its own, and a resumed run draws
+        # exactly what the uninterrupted run would have.
+        seed_everything(_epoch_seed(cfg.seed, epoch, ctx.rank) + 1)
         generator = _epoch_generator(cfg.seed, epoch, ctx.rank)
         model.train()
         # Loss sums stay on the device: a float() per step would stall the GPU every step.
@@ -320,16 +344,16 @@ def train(
             "images_per_s": seen * ctx.world_size / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             "trainable_blocks": n_trainable,
-            **{
-                key: last_eval.get(key, 0.0)
-                for key in ("mAP", "rank1", "rank5", "rank10", "mINP", "num_valid_queries")
-            },
+            **{key: last_eval.get(key, 0.0) for key in SCALAR_METRICS},
             "best_mAP": max(best["mAP"], 0.0),
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
+            "query_leaks": leaks,
             **untrained,
         }
         payload = None
-        if ctx.rank == 0:
+        # Checkpoints only on evaluated epochs: the "best" checkpoint is always a scored one,
+        # and a restarted run resumes from the last evaluation.
+        if ctx.rank == 0 and eval_output is not None:
             state = {
                 "config": cfg.model_dump(),
                 "model": model.state_dict(),
@@ -342,7 +366,6 @@ def train(
                 "best": best,
                 "last_eval": last_eval,
                 "untrained": untrained,
-                "torch_rng": torch.get_rng_state(),
             }
             payload = CheckpointPayload(state=state, eval_output=eval_output, data=data)
         report(metrics, payload)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from reidsearch.errors import DatasetError
+
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
 
@@ -292,7 +294,10 @@ def compute_metrics(
     valid = npos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError("no query has a valid match in the gallery; check pids and cameras")
+        raise DatasetError(
+            "no query has a valid match in the gallery (same-pid matches from another camera); "
+            "check pids and cameras, or evaluate without cameras (use_camera=False / --no-camera)"
+        )
     hist = np.bincount(np.minimum(first[valid], max_rank + 1), minlength=max_rank + 2)
     cmc = np.cumsum(hist[1 : max_rank + 1]) / num_valid
     per_query_ap = np.where(valid, ap, np.nan)

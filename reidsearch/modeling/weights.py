@@ -16,7 +16,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from reidsearch.errors import ReidSearchError
+from reidsearch.errors import ReidSearchError, first_line
 
 __all__ = ["WeightsError", "load_backbone_weights", "read_state_dict", "infer_grid"]
 
@@ -47,7 +47,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except WeightsError:
         raise
     except Exception as exc:
-        raise WeightsError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from None
+        raise WeightsError(f"{path}: cannot read weights: {first_line(exc)}") from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -165,9 +165,7 @@ def _load_npz(model: VisionTransformer, path: Path, source_grid: tuple[int, int]
     except KeyError as exc:
         raise WeightsError(f"{path}: npz checkpoint lacks backbone key {exc}") from None
     except Exception as exc:
-        raise WeightsError(
-            f"{path}: cannot load npz weights: {type(exc).__name__}: {exc}"
-        ) from None
+        raise WeightsError(f"{path}: cannot load npz weights: {first_line(exc)}") from None
 
 
 @torch.no_grad()
@@ -197,7 +195,9 @@ def load_backbone_weights(
         try:
             state = checkpoint_filter_fn(state, model)
         except Exception as exc:
-            raise WeightsError(f"{path}: not a ViT checkpoint timm can convert: {exc}") from None
+            raise WeightsError(
+                f"{path}: not a ViT checkpoint timm can convert: {first_line(exc)}"
+            ) from None
         source_grid = tuple(int(g) for g in model.patch_embed.grid_size)  # type: ignore[assignment]
     state = _adapt(state, model, path, source_grid)
     expected = model.state_dict()

@@ -51,7 +51,7 @@ def check_fits(
         f"{where}: one trial needs {demand.cpus:g} CPUs and {demand.gpus:g} GPUs "
         f"({scaling.workers} workers x {scaling.cpus_per_worker:g} CPU, "
         f"{scaling.gpus_per_worker:g} GPU) but Ray has {capacity.cpus:g} CPUs and "
-        f"{capacity.gpus:g} GPUs; lower scaling.workers / cpus_per_worker"
+        f"{capacity.gpus:g} GPUs; lower resources (workers, cpus_per_worker, gpus_per_worker)"
     )
 
 
@@ -67,7 +67,6 @@ def init_ray(
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Keep the driver's working directory importable for workers (tests, plugins).
     if not ray.is_initialized():
         kwargs: dict = {
             "include_dashboard": True,
@@ -77,7 +76,10 @@ def init_ray(
             "logging_level": "WARNING" if quiet else "INFO",
         }
         if address:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except ConnectionError as exc:
+                raise ReidSearchError(f"--address {address}: no Ray cluster ({exc})") from None
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     resources = ray.cluster_resources()

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from reidsearch.config import TrialConfig, with_overrides
 from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, check_fits, init_ray, max_concurrent_trials
-from reidsearch.search.plan import SearchPlan, plan_search
+from reidsearch.search.plan import SearchPlan, check_dataset, plan_search
 from reidsearch.search.ray_train import build_torch_trainer
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking import (
@@ -78,23 +78,35 @@ def _scheduler(space: SearchSpace) -> Any:
     if sched.type == "none":
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr="epoch",  # not Tune iterations: a restarted worker may repeat a report
         max_t=sched.max_t or space.fixed_config.epochs,
         grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor,
     )
 
 
+def full_length(space: SearchSpace) -> int:
+    """Epochs a trial runs when no scheduler stops it (ASHA's max_t caps it)."""
+    epochs = space.fixed_config.epochs
+    if space.scheduler.type == "asha" and space.scheduler.max_t:
+        return min(epochs, space.scheduler.max_t)
+    return epochs
+
+
 def _searcher(space: SearchSpace, max_concurrent: int) -> Any:
     if space.searcher == "grid":
         return None
+    from optuna.samplers import TPESampler
+
+    # Optuna's TPE samples its first 10 trials at random; small searches would never use TPE.
+    startup = max(2, min(10, space.trials // 3))
     searcher = PruneAwareOptunaSearch(
         space=space.optuna_define_by_run(),
         metric=space.objective.metric,
         mode=space.objective.mode,
         points_to_evaluate=space.points_to_evaluate or None,
-        seed=space.seed,
-        max_epochs=space.fixed_config.epochs,
+        sampler=TPESampler(seed=space.seed, n_startup_trials=startup),
+        max_epochs=full_length(space),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -109,6 +121,7 @@ def run_search(
 ) -> tuple[SearchPlan, tune.ResultGrid]:
     """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
+    check_dataset(space)
     capacity = init_ray(address, num_cpus=plan.local_cpus)
     check_fits(capacity, space.fixed_config.scaling, str(space.source))
     fits = max_concurrent_trials(capacity, space.fixed_config.scaling)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from reidsearch.errors import ReidSearchError
-from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, Capacity, check_fits
+from reidsearch.search.cluster import (
+    TRIAL_DRIVER_CPUS,
+    Capacity,
+    check_fits,
+    max_concurrent_trials,
+)
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking_uri import default_tracking_uri
 
@@ -39,8 +45,30 @@ def _storage_root(space: SearchSpace) -> Path:
 
 
 def latest_experiment_dir(space: SearchSpace) -> Path | None:
-    candidates = sorted(_storage_root(space).glob(f"{space.name}-*"))
+    """The newest ``<name>-YYYYmmdd-HHMMSS`` folder (not another space's ``<name>-other-...``)."""
+    pattern = re.compile(rf"{re.escape(space.name)}-\d{{8}}-\d{{6}}")
+    root = _storage_root(space)
+    candidates = sorted(p for p in root.glob(f"{space.name}-*") if pattern.fullmatch(p.name))
     return candidates[-1] if candidates else None
+
+
+def local_capacity() -> Capacity:
+    """This machine's cores and GPUs (what an embedded local Ray will have)."""
+    import os
+
+    import torch
+
+    return Capacity(cpus=float(os.cpu_count() or 1), gpus=float(torch.cuda.device_count()))
+
+
+def check_dataset(space: SearchSpace) -> None:
+    """Fail before Ray starts when the dataset folder is missing (every trial would fail)."""
+    root = space.fixed_config.data.root
+    if root is not None and not Path(root).is_dir():
+        raise ReidSearchError(
+            f"{space.source}: fixed.data.root: {root}: no such folder "
+            "(edit the file or pass --data)"
+        )
 
 
 def plan_search(
@@ -60,19 +88,17 @@ def plan_search(
     local_cpus = None
     max_concurrent = space.max_concurrent
     if address is None:
-        import os
-
-        cores = float(os.cpu_count() or 1)
-        per_trial = scaling.workers * scaling.cpus_per_worker
-        check_fits(Capacity(cores, 0.0), scaling, str(space.source), driver_cpus=0.0)
-        max_concurrent = max(1, min(max_concurrent, int(cores // per_trial)))
+        capacity = local_capacity()
+        check_fits(capacity, scaling, str(space.source), driver_cpus=0.0)
+        fits = max_concurrent_trials(capacity, scaling, driver_cpus=0.0)
+        max_concurrent = max(1, min(max_concurrent, fits))
         # The trial drivers only wait on their TorchTrainer: give them a logical share on top
         # of the real cores, so that `max_concurrent` trials of workers fill the machine.
-        local_cpus = cores + math.ceil(max_concurrent * TRIAL_DRIVER_CPUS)
+        local_cpus = capacity.cpus + math.ceil(max_concurrent * TRIAL_DRIVER_CPUS)
     return SearchPlan(
         experiment_dir=experiment_dir,
         tracking_uri=uri,
-        experiment=space.mlflow.experiment or space.name,
+        experiment=space.experiment,
         max_concurrent=max_concurrent,
         local_cpus=local_cpus,
     )

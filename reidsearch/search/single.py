@@ -7,12 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.train import TrainingFailedError
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE
 from reidsearch.engine.run_local import export_best_model
+from reidsearch.engine.trainer import TrainingDiverged
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.cluster import check_fits, init_ray
+
+
+def worker_user_error(error: BaseException) -> BaseException | None:
+    """The user error (bad dataset, bad setting) or divergence behind a failed Ray Train run,
+    so that the CLI can print it on one line instead of a worker traceback."""
+    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
+    for failure in failures:
+        seen: BaseException | None = failure
+        while seen is not None:
+            if isinstance(seen, ReidSearchError | TrainingDiverged):
+                return seen
+            seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
 
 
 def train_on_ray(
@@ -27,9 +42,13 @@ def train_on_ray(
     capacity = init_ray(address, num_cpus=None if address else float(os.cpu_count() or 1))
     check_fits(capacity, cfg.scaling, "reidsearch train", driver_cpus=0.0)
     trainer = build_torch_trainer(cfg, name=name, storage_path=output, verbose=True)
-    result = trainer.fit()
-    if result.error is not None:
-        raise ReidSearchError(f"training failed: {result.error}")
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        cause = worker_user_error(exc)
+        if cause is not None:
+            raise ReidSearchError(str(cause)) from None
+        raise
     if not result.best_checkpoints:
         raise ReidSearchError(f"{output / name}: the run reported no checkpoint")
     checkpoint, metrics = result.best_checkpoints[0]
