@@ -69,6 +69,15 @@ class DataConfig(_Strict):
     def _root_or_synthetic(self) -> DataConfig:
         if self.root is None and self.synthetic is None:
             self.synthetic = SyntheticConfig(layout=self.layout)
+        elif (
+            self.root is None
+            and "layout" in self.model_fields_set
+            and self.layout != self.synthetic.layout
+        ):
+            raise ValueError(
+                f"layout {self.layout!r} differs from synthetic.layout "
+                f"{self.synthetic.layout!r} (the synthetic data's own layout)"
+            )
         return self
 
 

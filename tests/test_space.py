@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reidsearch.config import TrialConfig
 from reidsearch.errors import ConfigError
@@ -455,3 +456,20 @@ def test_import_is_light_and_malformed_space_fails_fast(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(f"{path}: search.model.lamda: ")
     assert elapsed < 20  # loose: the real cost is ~0.3 s (pydantic + yaml)
+
+
+@pytest.mark.parametrize(
+    "fields,key",
+    [
+        ({"scheduler": {"type": "asha", "max_t": 99}}, "scheduler.max_t"),
+        ({"fixed": {"epochs": 4, "eval": {"period": 2}}}, "fixed.eval.period"),
+    ],
+)
+def test_asha_settings_that_would_mislead_the_scheduler_are_rejected(tmp_path, fields, key):
+    space = {"fixed": {"epochs": 4}, "search": {"model.lam": {"type": "uniform", "low": 1,
+                                                              "high": 2}}}
+    space.update(fields)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match=f"{path}: {key}:"):
+        load_search_space(path)

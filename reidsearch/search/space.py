@@ -546,6 +546,16 @@ def load_search_space(path: str | Path) -> SearchSpace:
                 f"{src}: scheduler.grace_period: {scheduler.grace_period} is more than max_t "
                 f"({max_t} epochs)"
             )
+        if max_t > fixed_config.epochs:
+            raise ConfigError(
+                f"{src}: scheduler.max_t: {max_t} is more than fixed.epochs "
+                f"({fixed_config.epochs}); no trial would reach it"
+            )
+        if fixed_config.eval.period != 1:
+            raise ConfigError(
+                f"{src}: fixed.eval.period: ASHA compares trials after every epoch, so they "
+                f"must be evaluated every epoch (period 1, not {fixed_config.eval.period})"
+            )
         scheduler = scheduler.model_copy(update={"max_t": max_t})
 
     space = SearchSpace(
