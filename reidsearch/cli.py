@@ -32,10 +32,16 @@ def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
         if value is not None:
             overrides[key] = value
     if getattr(args, "data", None) is not None:
-        overrides["data.root"] = str(Path(args.data).expanduser().resolve())
-        if not Path(args.data).is_dir():
-            raise ReidSearchError(f"{args.data}: --data: no such folder")
+        overrides["data.root"] = _data_folder(args.data)
     return with_overrides(cfg, overrides) if overrides else cfg
+
+
+def _data_folder(path: str) -> str:
+    """The absolute path of a ``--data`` folder (Ray workers run elsewhere), checked early."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ReidSearchError(f"{path}: --data: no such folder")
+    return str(folder)
 
 
 # --------------------------------------------------------------------------------- commands
@@ -98,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(
         Path(args.checkpoint),
-        data=args.data,
+        data=_data_folder(args.data) if args.data is not None else None,
         layout=args.layout,
         rerank=args.rerank,
         flip=args.flip,
@@ -121,9 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     space = load_search_space(args.space)
     if args.data is not None:
-        if not Path(args.data).is_dir():
-            raise ReidSearchError(f"{args.data}: --data: no such folder")
-        space = space.with_data_root(str(Path(args.data).expanduser().resolve()))
+        space = space.with_data_root(_data_folder(args.data))
     if args.dry_run:
         from reidsearch.search.plan import plan_search
 

@@ -82,3 +82,16 @@ def test_a_user_error_inside_a_worker_reaches_the_cli_as_one_line(local_ray, tin
     with pytest.raises(ReidSearchError, match="sampler.p") as info:
         train_on_ray(cfg, tmp_path, name="bad")
     assert "\n" not in str(info.value)
+
+
+def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tmp_path):
+    from reidsearch.engine.checkpoint import load_checkpoint
+    from reidsearch.engine.run_local import evaluate_checkpoint
+    from reidsearch.search.single import train_on_ray
+
+    best = train_on_ray(tiny_config(epochs=2), tmp_path, name="ok")
+    payload = load_checkpoint(best["path"])
+    assert payload["epoch"] == best["epoch"] and "optimizer" not in payload  # model only
+    assert (best["path"].parent / "cmc.png").is_file()
+    metrics = evaluate_checkpoint(best["path"], out_dir=tmp_path / "eval")
+    assert metrics["mAP"] == pytest.approx(best["mAP"], abs=1e-6)  # same model, same data

@@ -62,6 +62,7 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
             "model.head": {"type": "choice", "values": ["latf", "latfpp"]},
         },
         points_to_evaluate=[{"model.lam": 8.0, "model.head": "latf"}],
+        fixed=tiny_config_dict(epochs=2, **{"eval.baseline": True}),
         scheduler={"type": "none"},
     )
     plan, results = run_search(load_search_space(space_file), verbose=0)
@@ -95,6 +96,24 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
     )
     summary = json.loads(Path(summary_file).read_text())
     assert len(summary) == 3 and summary[0]["mAP"] == max(row["mAP"] for row in summary)
+
+    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+
+    for child in children:  # the untrained model was scored once, before training
+        assert 0 < child.data.metrics["untrained_mAP"] < child.data.metrics["best_mAP"]
+    board = format_leaderboard(*fetch_leaderboard(plan.tracking_uri, "e2e", top=5))
+    assert "untrained model" in board and board.count("finished") == 3
+
+    # --resume of the finished search re-runs nothing and adds no MLflow runs.
+    again, resumed = run_search(load_search_space(space_file), resume=True, verbose=0)
+    assert again.experiment_dir == plan.experiment_dir
+    assert len(resumed) == 3 and not resumed.errors
+    _, parents_after, children_after = _trial_runs(plan.tracking_uri, "e2e")
+    assert [p.info.run_id for p in parents_after] == [parent.info.run_id]
+    assert sorted(c.info.run_id for c in children_after) == sorted(c.info.run_id for c in children)
+    for child in children_after:
+        history = client.get_metric_history(child.info.run_id, "mAP")
+        assert [m.step for m in history] == [1, 2]  # no duplicated epochs
 
 
 def test_asha_stops_a_bad_trial_early(local_ray, tmp_path):

@@ -466,8 +466,10 @@ def test_import_is_light_and_malformed_space_fails_fast(tmp_path: Path) -> None:
     ],
 )
 def test_asha_settings_that_would_mislead_the_scheduler_are_rejected(tmp_path, fields, key):
-    space = {"fixed": {"epochs": 4}, "search": {"model.lam": {"type": "uniform", "low": 1,
-                                                              "high": 2}}}
+    space = {
+        "fixed": {"epochs": 4},
+        "search": {"model.lam": {"type": "uniform", "low": 1, "high": 2}},
+    }
     space.update(fields)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space))

@@ -105,9 +105,7 @@ def evaluate_checkpoint(
     cfg = TrialConfig.model_validate(payload["config"])
     overrides: dict[str, Any] = {}
     if data is not None:
-        if not Path(data).is_dir():
-            raise ReidSearchError(f"{data}: --data: no such folder")
-        overrides["data.root"] = str(Path(data).expanduser().resolve())
+        overrides["data.root"] = data
     if layout is not None:
         overrides["data.layout"] = layout
     if feature is not None:

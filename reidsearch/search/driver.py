@@ -153,6 +153,7 @@ def run_search(
         objective=space.objective.metric,
         mode=space.objective.mode,
         log_checkpoint=space.mlflow.log_checkpoint,
+        full_epochs=full_length(space),
     )
     run_config = tune.RunConfig(
         name=plan.experiment_dir.name,

@@ -44,6 +44,7 @@ def fetch_leaderboard(
             {
                 "run": run.info.run_name,
                 "status": run.info.status,
+                "stopped_early": run.data.tags.get("stopped_early") == "True",
                 "search": run.data.tags.get("reidsearch.search", ""),
                 "metrics": dict(run.data.metrics),
                 "params": searched,
@@ -71,7 +72,7 @@ def format_leaderboard(experiment: str, rows: list[dict[str, Any]]) -> str:
             [
                 str(n),
                 row["run"],
-                row["status"],
+                "stopped" if row["stopped_early"] else row["status"].lower(),
                 pct("best_mAP"),
                 pct("rank1"),
                 pct("rank5"),

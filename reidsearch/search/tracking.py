@@ -25,6 +25,9 @@ KIND_TAG = "reidsearch.kind"
 STATE_FILE = "mlflow_runs.json"
 GRID_KEY = "grid_point"
 CHART_METRICS = (
+    "untrained_mAP",
+    "untrained_rank1",
+    "query_leaks",
     "epoch",
     "loss",
     "ce",
@@ -91,6 +94,7 @@ class MLflowSearchTracker(Callback):
         objective: str,
         mode: str,
         log_checkpoint: bool = False,
+        full_epochs: int | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -101,6 +105,7 @@ class MLflowSearchTracker(Callback):
         self.objective = objective
         self.mode = mode
         self.log_checkpoint = log_checkpoint
+        self.full_epochs = full_epochs or int(fixed.get("epochs", 0))  # what ASHA lets run
         self._client: Any = None
         self._state: dict[str, Any] = {}
 
@@ -239,9 +244,7 @@ class MLflowSearchTracker(Callback):
         if entry.get("best") is not None:
             self.client.log_metric(run_id, f"best_{self.objective}", entry["best"])
             self.client.set_tag(run_id, "best_epoch", str(entry.get("best_epoch")))
-        self.client.set_tag(
-            run_id, "stopped_early", str(entry["last_epoch"] < int(self.fixed.get("epochs", 0)))
-        )
+        self.client.set_tag(run_id, "stopped_early", str(entry["last_epoch"] < self.full_epochs))
         self.client.set_terminated(run_id, status=status)
         entry["status"] = status
         self._save_state()
