@@ -55,20 +55,15 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        extract = lambda x: model.extract(x, feature)  # noqa: E731
-        qf = extract_features(
-            extract,
-            _batches(data, data.query_index, augment, cfg.batch_size, device),
-            flip=cfg.flip,
-            device=device,
-            amp=amp,
-        )
-        gf = extract_features(
-            extract,
-            _batches(data, data.gallery_index, augment, cfg.batch_size, device),
-            flip=cfg.flip,
-            device=device,
-            amp=amp,
+        qf, gf = (
+            extract_features(
+                lambda x: model.extract(x, feature),
+                _batches(data, index, augment, cfg.batch_size, device),
+                flip=cfg.flip,
+                device=device,
+                amp=amp,
+            )
+            for index in (data.query_index, data.gallery_index)
         )
     finally:
         model.train(was_training)

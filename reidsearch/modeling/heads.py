@@ -117,11 +117,25 @@ class _LocallyAwareHead(nn.Module):
     feature_names: tuple[str, ...] = ()
     default_feature: str = ""
 
-    def __init__(self, embed_dim: int, num_rows: int, lam: float) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_rows: int,
+        num_classes: int,
+        *,
+        lam: float = 8.0,
+        bottleneck_dim: int = 256,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_rows = num_rows
         self.lam = float(lam)
+        self.bottleneck_dim = bottleneck_dim
+        self._build_classifiers(num_classes, bottleneck_dim, dropout)
+
+    def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
+        raise NotImplementedError
 
     def fuse(self, cls_token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[1] != self.num_rows:
@@ -177,20 +191,10 @@ class LATFHead(_LocallyAwareHead):
     feature_names = ("rows", "fused_rows", "global", "cls")
     default_feature = "rows"
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_rows: int,
-        num_classes: int,
-        *,
-        lam: float = 8.0,
-        bottleneck_dim: int = 256,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__(embed_dim, num_rows, lam)
+    def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
         self.classifiers = nn.ModuleList(
-            ClassifierBlock(embed_dim, num_classes, bottleneck_dim, dropout)
-            for _ in range(num_rows)
+            ClassifierBlock(self.embed_dim, num_classes, bottleneck_dim, dropout)
+            for _ in range(self.num_rows)
         )
 
     def forward(self, cls_token: torch.Tensor, rows: torch.Tensor) -> ReIDOutput:
@@ -206,19 +210,8 @@ class LATFPPHead(_LocallyAwareHead):
     feature_names = ("global", "bnneck", "fused_rows", "cls")
     default_feature = "global"
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_rows: int,
-        num_classes: int,
-        *,
-        lam: float = 8.0,
-        bottleneck_dim: int = 256,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__(embed_dim, num_rows, lam)
-        self.bottleneck_dim = bottleneck_dim
-        self.classifier = ClassifierBlock(embed_dim, num_classes, bottleneck_dim, dropout)
+    def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
+        self.classifier = ClassifierBlock(self.embed_dim, num_classes, bottleneck_dim, dropout)
 
     def forward(self, cls_token: torch.Tensor, rows: torch.Tensor) -> ReIDOutput:
         embedding = self.fuse(cls_token, rows).mean(dim=1)
