@@ -147,7 +147,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_leaderboard(name, rows))
     print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
     if results.num_errors == len(results):
-        first = str(results.errors[0]).strip().splitlines()[0] if results.errors else "?"
+        from reidsearch.errors import first_line
+        from reidsearch.search.ray_train import user_error_behind
+
+        error = results.errors[0] if results.errors else RuntimeError("unknown")
+        cause = user_error_behind(error)
+        first = str(cause) if cause is not None else first_line(error)
         raise ReidSearchError(
             f"all {len(results)} trials failed (first: {first}); logs in {plan.experiment_dir}"
         )

@@ -95,3 +95,21 @@ def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tm
     assert (best["path"].parent / "cmc.png").is_file()
     metrics = evaluate_checkpoint(best["path"], out_dir=tmp_path / "eval")
     assert metrics["mAP"] == pytest.approx(best["mAP"], abs=1e-6)  # same model, same data
+
+
+def test_a_diverged_run_stops_cleanly_and_is_not_retried(local_ray, tiny_config, tmp_path):
+    from reidsearch.engine.trainer import TrainingDiverged
+    from reidsearch.errors import ReidSearchError
+    from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
+    from reidsearch.search.single import train_on_ray
+
+    cfg = tiny_config(epochs=3, **{"optim.name": "sgd", "optim.lr": 1e12})  # NaN in epoch 1
+    result = build_torch_trainer(cfg, name="nan", storage_path=tmp_path, max_failures=2).fit()
+    # The workers ended the run themselves: no worker error for Ray Train to retry, no epoch
+    # reported, and the run says why, so the trial is marked failed.
+    assert result.error is None and result.metrics is None
+    assert "NaN or infinite in epoch 1" in result.return_value["diverged"]
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        raise_if_diverged(result, "nan")
+    with pytest.raises(ReidSearchError, match="NaN or infinite"):
+        train_on_ray(cfg, tmp_path, name="nan-cli")

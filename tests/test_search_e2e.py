@@ -165,5 +165,33 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
                 trial_id, {"mAP": 0.1 * epoch, "training_iteration": epoch, "epoch": epoch}
             )
         searcher.on_trial_complete(trial_id, {"mAP": 0.1 * last_epoch, "epoch": last_epoch})
+    searcher.suggest("c")
+    searcher.on_trial_result("c", {"diverged": 1.0})  # no score in it: ignored, no KeyError
+    searcher.on_trial_complete("c", None, error=True)
     states = [t.state for t in searcher._ot_study.trials]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+    ]
+
+
+def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(local_ray, tmp_path, capsys):
+    from reidsearch.cli import main
+
+    space_file = _write_space(
+        tmp_path / "nan.yaml",
+        searcher="grid",
+        scheduler={"type": "none"},
+        fixed=tiny_config_dict(epochs=2, **{"optim.name": "sgd"}),
+        search={"optim.lr": {"type": "choice", "values": [1e12]}},
+        max_failures=2,
+    )
+    assert main(["run", str(space_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "all 1 trials failed" in err[-1] and "NaN or infinite" in err[-1]
+    _, _, children = _trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "nan")
+    assert [c.info.status for c in children] == ["FAILED"]
+    # Not retried: the trial's Ray Train run made a single attempt.
+    train_runs = list((tmp_path / "runs").glob("nan-*/train/train_*"))
+    assert len(train_runs) == 1

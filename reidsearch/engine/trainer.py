@@ -83,9 +83,16 @@ Reporter = Callable[[dict[str, float], CheckpointPayload | None], None]
 
 
 def _check_finite(loss_sums: torch.Tensor, epoch: int) -> None:
-    """Stop a diverged trial: a NaN/inf loss poisons every later step (and the sums)."""
-    if not bool(torch.isfinite(loss_sums).all()):
-        raise TrainingDiverged(f"loss is {loss_sums[0].item()} at epoch {epoch + 1}")
+    """Stop a diverged trial: a NaN/inf loss poisons every later step (and the sums).
+
+    Collective under DDP (every rank calls it at the same steps): all ranks stop together, so
+    none is left waiting in an all-reduce for a rank that has quit.
+    """
+    finite = torch.isfinite(loss_sums).all().to(torch.int32).reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not bool(finite.item()):
+        raise TrainingDiverged(f"the loss became NaN or infinite in epoch {epoch + 1}")
 
 
 def train_step(

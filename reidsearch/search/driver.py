@@ -17,15 +17,13 @@ from ray.tune.search.optuna import OptunaSearch
 from reidsearch.config import TrialConfig, with_overrides
 from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, check_fits, init_ray, max_concurrent_trials
 from reidsearch.search.plan import SearchPlan, check_dataset, plan_search
-from reidsearch.search.ray_train import build_torch_trainer
+from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking import (
     GRID_KEY,
     MLflowSearchTracker,
     trial_params,
 )
-
-METRIC_COLUMNS = ["epoch", "loss", "mAP", "rank1", "images_per_s"]
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -39,6 +37,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:  # results without the objective carry no score to tell
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -70,7 +72,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
         mode=settings["mode"],
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    raise_if_diverged(trainer.fit(), f"trial {trial_id}")
 
 
 def _scheduler(space: SearchSpace) -> Any:
@@ -158,14 +160,11 @@ def run_search(
     run_config = tune.RunConfig(
         name=plan.experiment_dir.name,
         storage_path=str(plan.experiment_dir.parent),
-        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
+        # a trial that fails as a whole (e.g. it diverged) is not re-run.
+        failure_config=tune.FailureConfig(max_failures=0),
         callbacks=[tracker],
         verbose=verbose,
-        progress_reporter=tune.CLIReporter(
-            metric_columns=METRIC_COLUMNS,
-            parameter_columns=[p.key for p in space.params],
-            max_report_frequency=15,
-        ),
     )
     if resume and tune.Tuner.can_restore(str(plan.experiment_dir)):
         tuner = tune.Tuner.restore(

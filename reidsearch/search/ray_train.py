@@ -20,7 +20,10 @@ from ray.train.torch import TorchTrainer
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE
-from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext, TrainingDiverged, train
+from reidsearch.errors import ReidSearchError
+
+DIVERGED_KEY = "diverged"
 
 
 def _print_epoch(metrics: dict[str, float]) -> None:
@@ -66,7 +69,7 @@ def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
         os._exit(1)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     # Ray Train logs every report and checkpoint at INFO; our own epoch line says it better.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = TrialConfig.model_validate(loop_config["trial"])
@@ -89,7 +92,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _report(metrics, payload, verbose)
         _crash_once(fault, int(metrics["epoch"]), ctx.rank)
 
-    train(cfg, report, ctx=ctx, resume=load_resume_state())
+    try:
+        train(cfg, report, ctx=ctx, resume=load_resume_state())
+    except TrainingDiverged as exc:
+        # A deterministic divergence: end the run cleanly (every rank gets here together) so
+        # Ray Train does not retry it from a checkpoint; the caller marks the trial failed.
+        if ctx.rank == 0:
+            print(f"reidsearch: {exc}; stopping this trial", flush=True)
+        return {DIVERGED_KEY: str(exc)}
+    return None
+
+
+def raise_if_diverged(result: Any, what: str) -> None:
+    """Turn a run that ended by divergence into an error (NaN trials are failed trials)."""
+    outcome = getattr(result, "return_value", None)
+    if isinstance(outcome, dict) and DIVERGED_KEY in outcome:
+        raise TrainingDiverged(f"{what}: {outcome[DIVERGED_KEY]}; stopped, not retried")
+
+
+def user_error_behind(error: BaseException) -> BaseException | None:
+    """The user error (bad dataset, bad setting) or divergence behind a failed Ray Train run or
+    Tune trial, so that the CLI can print it on one line instead of a worker traceback."""
+    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
+    for failure in failures:
+        seen: BaseException | None = failure
+        while seen is not None:
+            inner = getattr(seen, "cause", None)  # Ray's wrapper of a remote exception
+            if inner is None and isinstance(seen, ReidSearchError | TrainingDiverged):
+                return seen  # the original, whose message is one line (not the wrapper's)
+            seen = inner or seen.__cause__
+    return None
 
 
 def build_torch_trainer(

@@ -17,19 +17,6 @@ from reidsearch.errors import ReidSearchError
 from reidsearch.search.cluster import check_fits, init_ray
 
 
-def worker_user_error(error: BaseException) -> BaseException | None:
-    """The user error (bad dataset, bad setting) or divergence behind a failed Ray Train run,
-    so that the CLI can print it on one line instead of a worker traceback."""
-    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
-    for failure in failures:
-        seen: BaseException | None = failure
-        while seen is not None:
-            if isinstance(seen, ReidSearchError | TrainingDiverged):
-                return seen
-            seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
-
-
 def train_on_ray(
     cfg: TrialConfig, output: Path, name: str, address: str | None = None
 ) -> dict[str, Any]:
@@ -37,7 +24,11 @@ def train_on_ray(
 
     A run with the same ``name`` and ``output`` resumes from its latest checkpoint.
     """
-    from reidsearch.search.ray_train import build_torch_trainer
+    from reidsearch.search.ray_train import (
+        build_torch_trainer,
+        raise_if_diverged,
+        user_error_behind,
+    )
 
     capacity = init_ray(address, num_cpus=None if address else float(os.cpu_count() or 1))
     check_fits(capacity, cfg.scaling, "reidsearch train", driver_cpus=0.0)
@@ -45,10 +36,14 @@ def train_on_ray(
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
-        cause = worker_user_error(exc)
+        cause = user_error_behind(exc)
         if cause is not None:
             raise ReidSearchError(str(cause)) from None
         raise
+    try:
+        raise_if_diverged(result, name)
+    except TrainingDiverged as exc:
+        raise ReidSearchError(str(exc)) from None
     if not result.best_checkpoints:
         raise ReidSearchError(f"{output / name}: the run reported no checkpoint")
     checkpoint, metrics = result.best_checkpoints[0]
