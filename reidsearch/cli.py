@@ -78,9 +78,16 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reidsearch.config import load_trial_config
+    from reidsearch.config import read_yaml, trial_config_from_dict
 
-    cfg = _apply_train_overrides(load_trial_config(args.config), args)
+    raw = read_yaml(args.config)
+    if "fixed" in raw:  # a search space: train its fixed settings with its resources
+        from reidsearch.search.space import load_search_space
+
+        base = load_search_space(args.config).fixed_config
+    else:
+        base = trial_config_from_dict(raw, str(args.config))
+    cfg = _apply_train_overrides(base, args)
     output = Path(cfg.output_dir or "reidsearch_runs").expanduser().resolve()
     if args.no_ray:
         from reidsearch.engine.run_local import train_locally
@@ -223,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one trial config on Ray Train (DDP on N workers)")
-    p.add_argument("config", help="trial config YAML (the `fixed:` schema of a search space)")
+    p.add_argument("config", help="trial config YAML, or a search space (its fixed: settings)")
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--cpus-per-worker", type=float)

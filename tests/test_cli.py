@@ -145,3 +145,34 @@ def test_relative_paths_in_a_config_are_made_absolute(tmp_path, monkeypatch):
     )
     assert cfg.data.root == str(tmp_path / "data" / "market")
     assert cfg.model.weights == str(tmp_path / "w.safetensors")
+
+
+def test_train_accepts_a_search_space_and_trains_its_fixed_settings(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": tiny_config_dict(epochs=3),
+                "search": {"model.lam": {"type": "uniform", "low": 1.0, "high": 2.0}},
+            }
+        )
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(space),
+                "--no-ray",
+                "--epochs",
+                "1",
+                "--output",
+                str(tmp_path / "runs"),
+                "--name",
+                "s",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "epoch   1" in out and "epoch   2" not in out  # --epochs overrides fixed.epochs
+    assert (tmp_path / "runs" / "s" / "best" / "model.pt").is_file()
