@@ -20,7 +20,7 @@ from reidsearch.engine.checkpoint import (
 )
 from reidsearch.engine.data import prepare_data
 from reidsearch.engine.evaluate import check_leaks, evaluate_model, write_eval_pictures
-from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext, format_epoch, train
 from reidsearch.errors import ReidSearchError
 from reidsearch.modeling import build_model
 
@@ -63,12 +63,7 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
         best.update(mAP=previous["metrics"]["mAP"], epoch=previous["epoch"])
 
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
-        print(
-            f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
-            f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
-            f"{metrics['images_per_s']:8.1f} img/s",
-            flush=True,
-        )
+        print(format_epoch(metrics), flush=True)
         if payload is None:  # an epoch without evaluation: nothing to save
             return
         payload.write(last_dir)

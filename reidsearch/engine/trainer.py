@@ -79,6 +79,15 @@ class CheckpointPayload:
             write_eval_pictures(self.eval_output, self.data, Path(directory))
 
 
+def format_epoch(metrics: dict[str, float]) -> str:
+    """The one-line summary of an epoch that ``reidsearch train`` prints."""
+    return (
+        f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
+        f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
+        f"{metrics['images_per_s']:8.1f} img/s | lr {metrics['lr']:.2e}"
+    )
+
+
 Reporter = Callable[[dict[str, float], CheckpointPayload | None], None]
 
 

@@ -14,7 +14,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from reidsearch.config import TrialConfig, with_overrides
 from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, check_fits, init_ray, max_concurrent_trials
 from reidsearch.search.plan import SearchPlan, check_dataset, plan_search
 from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
@@ -22,7 +21,7 @@ from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking import (
     GRID_KEY,
     MLflowSearchTracker,
-    trial_params,
+    resolve_trial,
 )
 
 
@@ -61,7 +60,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
 def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str, Any]) -> None:
     """Tune function trainable: resolve this trial's config and run it on Ray Train."""
-    cfg = with_overrides(TrialConfig.model_validate(fixed), trial_params(config))
+    _, cfg = resolve_trial(fixed, config)
     trial_id = tune.get_context().get_trial_id()
     trainer = build_torch_trainer(
         cfg,

@@ -19,20 +19,17 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from reidsearch.config import TrialConfig
-from reidsearch.engine.checkpoint import STATE_FILE
-from reidsearch.engine.trainer import CheckpointPayload, TrainContext, TrainingDiverged, train
+from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
+from reidsearch.engine.trainer import (
+    CheckpointPayload,
+    TrainContext,
+    TrainingDiverged,
+    format_epoch,
+    train,
+)
 from reidsearch.errors import ReidSearchError
 
 DIVERGED_KEY = "diverged"
-
-
-def _print_epoch(metrics: dict[str, float]) -> None:
-    print(
-        f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
-        f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
-        f"{metrics['images_per_s']:8.1f} img/s | lr {metrics['lr']:.2e}",
-        flush=True,
-    )
 
 
 def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbose: bool) -> None:
@@ -40,7 +37,7 @@ def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbos
         ray.train.report(metrics)
         return
     if verbose:
-        _print_epoch(metrics)
+        print(format_epoch(metrics), flush=True)
     with tempfile.TemporaryDirectory() as directory:
         payload.write(Path(directory))
         ray.train.report(
@@ -56,7 +53,7 @@ def load_resume_state() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        return load_checkpoint(Path(directory) / STATE_FILE)
 
 
 def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:

@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray.train import TrainingFailedError
 
 from reidsearch.config import TrialConfig
-from reidsearch.engine.checkpoint import STATE_FILE
+from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
 from reidsearch.engine.run_local import export_best_model
 from reidsearch.engine.trainer import TrainingDiverged
 from reidsearch.errors import ReidSearchError
@@ -48,6 +47,6 @@ def train_on_ray(
         raise ReidSearchError(f"{output / name}: the run reported no checkpoint")
     checkpoint, metrics = result.best_checkpoints[0]
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = load_checkpoint(Path(directory) / STATE_FILE)
         path = export_best_model(state, Path(directory), output / name / "best")
     return {"mAP": float(metrics["mAP"]), "epoch": int(metrics["epoch"]), "path": path}

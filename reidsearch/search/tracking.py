@@ -17,8 +17,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from reidsearch.config import TrialConfig
-from reidsearch.search.tracking_uri import default_tracking_uri  # noqa: F401 - re-export
+from reidsearch.config import TrialConfig, with_overrides
+from reidsearch.engine.checkpoint import STATE_FILE as CHECKPOINT_FILE
 
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "reidsearch.kind"
@@ -62,6 +62,12 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     params = {key: value for key, value in config.items() if key != GRID_KEY}
     params.update(config.get(GRID_KEY, {}))
     return params
+
+
+def resolve_trial(fixed: dict[str, Any], config: dict[str, Any]) -> tuple[dict, TrialConfig]:
+    """A Tune trial's searched values and its full config (the fixed settings plus them)."""
+    params = trial_params(config)
+    return params, with_overrides(TrialConfig.model_validate(fixed), params)
 
 
 def flatten_config(config: TrialConfig) -> dict[str, str]:
@@ -162,10 +168,7 @@ class MLflowSearchTracker(Callback):
         entry = self._state["trials"].get(trial.trial_id)
         if entry is not None:
             return entry
-        from reidsearch.config import with_overrides
-
-        params = trial_params(trial.config)
-        resolved = with_overrides(TrialConfig.model_validate(self.fixed), params)
+        params, resolved = resolve_trial(self.fixed, trial.config)
         run = self.client.create_run(
             self._state["experiment_id"],
             run_name=trial.trial_id,
@@ -239,7 +242,7 @@ class MLflowSearchTracker(Callback):
                 self.client.log_artifact(run_id, str(picture), "pictures")
             if self.log_checkpoint:
                 self.client.log_artifact(
-                    run_id, str(Path(checkpoint) / "checkpoint.pt"), "checkpoint"
+                    run_id, str(Path(checkpoint) / CHECKPOINT_FILE), "checkpoint"
                 )
         if entry.get("best") is not None:
             self.client.log_metric(run_id, f"best_{self.objective}", entry["best"])
