@@ -14,6 +14,10 @@ from reidsearch.config import ScalingConfig
 from reidsearch.errors import ReidSearchError
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function trainable only waits on its TorchTrainer
+# A custom resource that the head node of a cluster declares (cluster.yaml: an integer, e.g.
+# 1000): trial drivers ask for one unit of it, so they stay on the head and never on a spot GPU
+# node, and take no CPU there. An embedded local Ray does not declare it (drivers ask for CPU).
+TRIAL_DRIVER_RESOURCE = "reidsearch_trial_driver"
 
 
 @dataclass(frozen=True)
