@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +58,37 @@ def test_cache_matches_pil_and_is_reused(dataset: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(cache_mod, "_decode", no_decode)
     again = build_image_cache(table, 32, 16, cache_dir=tmp_path)
     assert again.path == cache.path and cache.path.stat().st_mtime_ns == mtime
-    assert [p for p in tmp_path.iterdir()] == [cache.path]  # no temporary files left behind
+    # No temporary files left behind: the cache, its build record and its lock file.
+    stem = cache.path.with_suffix("")
+    assert sorted(tmp_path.iterdir()) == [stem.with_suffix(s) for s in (".json", ".lock", ".npy")]
+    record = json.loads(cache.path.with_suffix(".json").read_text())
+    assert record["images"] == table.num_rows and record["pid"] == os.getpid()
     monkeypatch.undo()
     other = build_image_cache(table, 24, 12, cache_dir=tmp_path)  # another size: another file
     assert other.path != cache.path and other.images.shape[1:3] == (24, 12)
+
+
+def test_concurrent_builders_decode_the_dataset_once(
+    dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Trials starting together on one node wait for the first builder instead of decoding
+    the same images again (the file lock), and all get the same cache."""
+    table = parse_dataset(dataset, "market1501")
+    decoded: list[str] = []
+    real_decode = cache_mod._decode
+
+    def counting_decode(path, height, width):
+        decoded.append(str(path))
+        time.sleep(0.002)  # long enough for the other builders to arrive while it works
+        return real_decode(path, height, width)
+
+    monkeypatch.setattr(cache_mod, "_decode", counting_decode)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        caches = list(pool.map(lambda _: build_image_cache(table, 32, 16, tmp_path, 1), range(4)))
+    assert len(decoded) == table.num_rows == len(set(decoded))
+    assert {c.path for c in caches} == {caches[0].path}
+    for other in caches[1:]:
+        np.testing.assert_array_equal(other.images, caches[0].images)
 
 
 def test_cache_unreadable_image(dataset: Path, tmp_path: Path) -> None:
@@ -70,7 +101,8 @@ def test_cache_unreadable_image(dataset: Path, tmp_path: Path) -> None:
     victim.write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=str(victim)):
         build_image_cache(parse_dataset(broken, "market1501"), 32, 16, cache_dir=tmp_path / "c")
-    assert list((tmp_path / "c").iterdir()) == []
+    # Nothing half-written is left: only the (empty) lock file of the failed build.
+    assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".lock"]
 
 
 def _labels() -> np.ndarray:

@@ -7,9 +7,13 @@ feeds batched (GPU) augmentation directly.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -97,8 +101,10 @@ def build_image_cache(
 ) -> ImageCache:
     """Decode every row of ``table`` into a cached array (reused if it already exists).
 
-    The cache file is written under a temporary name and renamed into place, so readers never
-    see a half-written file and concurrent builders simply replace it with identical bytes.
+    Builders on one machine take a file lock, so concurrent trials decode the dataset once:
+    the first decodes, the others wait and reuse its file. The file is written under a
+    temporary name and renamed into place, so readers never see a half-written file. A small
+    ``.json`` record beside it says who decoded it, when and how long it took.
     Edited images under unchanged paths are not detected: delete the cache file.
     """
     root = manifest_root(table)
@@ -111,15 +117,36 @@ def build_image_cache(
         return ImageCache(final, cached)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}-", suffix=".npy", dir=cache_dir)
+    with open(final.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        cached = _open(final, shape) if final.is_file() else None
+        if cached is not None:
+            return ImageCache(final, cached)
+        started = time.perf_counter()
+        _decode_into(final, shape, root, paths, workers or min(4, os.cpu_count() or 1))
+        record = {
+            "images": len(paths),
+            "root": str(root),
+            "size": [height, width],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        final.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    return ImageCache(final, np.load(final, mmap_mode="r"))
+
+
+def _decode_into(
+    final: Path, shape: tuple[int, ...], root: Path, paths: Sequence[str], workers: int
+) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}-", suffix=".npy", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        _fill(out, root, paths, workers or min(4, os.cpu_count() or 1))
+        _fill(out, root, paths, workers)
         out.flush()
         del out
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    return ImageCache(final, np.load(final, mmap_mode="r"))

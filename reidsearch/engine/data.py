@@ -1,11 +1,14 @@
 """Turn a DataConfig into ready-to-train arrays: manifest, decoded cache, labels, eval splits.
 
-Every worker calls this; the synthetic dataset and the decoded cache are written atomically
-once per node and reused by every later trial and epoch.
+A search prepares this once in its driver and ships it to the trials (``reidsearch.search``);
+``reidsearch train --no-ray`` and trials whose searched settings change the data prepare it
+themselves. The synthetic dataset, a downloaded ``s3://`` root and the decoded cache are
+published atomically once per machine and reused by every later trial and epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from reidsearch.config import DataConfig
-from reidsearch.data.cache import ImageCache, build_image_cache
+from reidsearch.data.cache import ImageCache, build_image_cache, default_cache_root
+from reidsearch.data.manifest import manifest_layout, manifest_root
 from reidsearch.data.parsers import parse_dataset
 from reidsearch.data.synthetic import ensure_synthetic
 from reidsearch.errors import DatasetError
+from reidsearch.storage import download, is_uri
 
 
 @dataclass
@@ -30,6 +35,7 @@ class PreparedData:
     query_index: np.ndarray
     gallery_index: np.ndarray
     num_classes: int
+    query_leaks: int | None = None  # byte-identical query/gallery images, once known
 
     def _column(self, name: str, index: np.ndarray) -> np.ndarray:
         return self.manifest.column(name).to_numpy()[index]
@@ -56,8 +62,20 @@ class PreparedData:
         return [str(root / column[i]) for i in index]
 
 
+def data_identity(cfg: DataConfig) -> dict:
+    """The settings that decide the prepared arrays (not augmentation): equal identities share
+    one prepared dataset."""
+    keys = {"layout", "root", "synthetic", "camera_regex", "height", "width"}
+    return cfg.model_dump(include=keys)
+
+
 def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
-    """The dataset folder and its layout; generates the synthetic dataset on first use."""
+    """The dataset folder and its layout; generates the synthetic dataset on first use and
+    downloads an ``s3://`` / ``gs://`` root once into the local cache."""
+    if cfg.root is not None and is_uri(cfg.root):
+        key = hashlib.sha256(cfg.root.encode()).hexdigest()[:16]
+        local = default_cache_root() / "datasets" / f"{Path(cfg.root).name}-{key}"
+        return download(cfg.root, local, "data.root"), cfg.layout
     if cfg.root is not None:
         return Path(cfg.root).expanduser().resolve(), cfg.layout
     assert cfg.synthetic is not None
@@ -69,6 +87,13 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     manifest = parse_dataset(root, layout, camera_regex=cfg.camera_regex)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
     cache = build_image_cache(manifest, cfg.height, cfg.width, cache_dir=cache_dir)
+    return assemble(manifest, cache)
+
+
+def assemble(manifest: pa.Table, cache: ImageCache) -> PreparedData:
+    """Index arrays of ``manifest`` over its decoded ``cache`` (rows in manifest order)."""
+    root = manifest_root(manifest)
+    layout = manifest_layout(manifest) or "dataset"
     split = np.asarray(manifest.column("split").to_pylist())
     labels = manifest.column("label").to_numpy()
     train_index = np.flatnonzero(split == "train")

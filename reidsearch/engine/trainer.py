@@ -283,7 +283,9 @@ def train(
         last_eval = dict(resume.get("last_eval", {}))
 
     untrained: dict[str, float] = dict(resume.get("untrained", {})) if resume else {}
-    leaks = check_leaks(data) if ctx.rank == 0 and resume is None else 0
+    leaks = 0
+    if ctx.rank == 0 and resume is None:  # a search checks once, in its driver
+        leaks = data.query_leaks if data.query_leaks is not None else check_leaks(data)
     if cfg.eval.baseline and ctx.rank == 0 and resume is None:
         scores = evaluate_model(
             model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp

@@ -1,0 +1,146 @@
+"""Paths that may cross nodes: local paths or ``s3://`` / ``gs://`` URIs, through ``pyarrow.fs``.
+
+``pyarrow.fs`` is the filesystem layer Ray Train and Tune themselves use for ``storage_path``,
+so a URI that works here works for them (an S3-compatible endpoint comes from the standard
+``AWS_ENDPOINT_URL`` variable, credentials from the usual AWS/GCP chain). ``Path.resolve()``
+must never see a URI: it turns ``s3://b/x`` into ``<cwd>/s3:/b/x``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+from reidsearch.errors import ReidSearchError, first_line
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` locations (``file://`` included), False for plain paths."""
+    return "://" in str(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """URIs unchanged; local paths expanded and made absolute (Ray runs workers elsewhere)."""
+    if is_uri(path):
+        return str(path).rstrip("/")
+    return str(Path(path).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a URI or a local path."""
+    if is_uri(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return str(Path(base).joinpath(*parts))
+
+
+def basename(location: str) -> str:
+    return posixpath.basename(location.rstrip("/")) if is_uri(location) else Path(location).name
+
+
+def filesystem(location: str, what: str = "storage"):  # noqa: ANN201 - pyarrow.fs.FileSystem
+    """``(pyarrow filesystem, path inside it)`` for a URI or a local path; one-line errors."""
+    from pyarrow import fs
+
+    if not is_uri(location):
+        return fs.LocalFileSystem(), absolute(location)
+    try:
+        return fs.FileSystem.from_uri(location)
+    except Exception as exc:  # noqa: BLE001 - unknown scheme, bad bucket name, no credentials
+        raise ReidSearchError(f"{location}: {what}: cannot open ({first_line(exc)})") from None
+
+
+def exists(location: str) -> bool:
+    from pyarrow import fs
+
+    filesys, path = filesystem(location)
+    return filesys.get_file_info(path).type != fs.FileType.NotFound
+
+
+def list_dirs(location: str) -> list[str]:
+    """Names of the folders directly under ``location`` (none if it does not exist)."""
+    from pyarrow import fs
+
+    filesys, path = filesystem(location)
+    infos = filesys.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == fs.FileType.Directory)
+
+
+def read_text(location: str) -> str:
+    filesys, path = filesystem(location)
+    with filesys.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    """Replace a small file whole: readers see the old or the new text, never a part.
+
+    Object stores replace objects atomically; a local file is written aside and renamed.
+    """
+    if not is_uri(location):
+        target = Path(location)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+        return
+    filesys, path = filesystem(location)
+    with filesys.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def check_writable(location: str, what: str) -> None:
+    """Write and delete a probe file now, so that an unreachable bucket or a read-only folder
+    fails in one line before any trial starts (Ray Train would only notice at the first
+    checkpoint of a remote worker, minutes later)."""
+    probe = join(location, f".reidsearch-probe-{os.getpid()}")
+    try:
+        filesys, path = filesystem(location, what)
+        filesys.create_dir(path, recursive=True)
+        write_text(probe, "ok")
+        filesys.delete_file(filesystem(probe)[1])
+    except ReidSearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError from S3/GCS/local in many shapes
+        raise ReidSearchError(f"{location}: {what}: not writable ({first_line(exc)})") from None
+
+
+def download(location: str, target: Path, what: str) -> Path:
+    """Copy a remote file or folder to ``target`` (a local path), published atomically.
+
+    Used for dataset roots and weights files given as URIs: the search driver fetches them
+    once, so trials never need the bucket themselves.
+    """
+    from pyarrow import fs
+
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        filesys, path = filesystem(location, what)
+        info = filesys.get_file_info(path)
+        if info.type == fs.FileType.NotFound:
+            raise ReidSearchError(f"{location}: {what}: no such file or folder")
+        local = fs.LocalFileSystem()
+        if info.type == fs.FileType.Directory:
+            fs.copy_files(
+                path, str(staging / "d"), source_filesystem=filesys, destination_filesystem=local
+            )
+            os.replace(staging / "d", target)
+        else:
+            fs.copy_files(
+                path, str(staging / "f"), source_filesystem=filesys, destination_filesystem=local
+            )
+            os.replace(staging / "f", target)
+    except ReidSearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ReidSearchError(f"{location}: {what}: cannot download ({first_line(exc)})") from None
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
