@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidsearch.errors import ConfigError
+from reidsearch.storage import absolute, is_uri
 
 LAYOUTS = ("latfpp", "market1501", "dukemtmc", "msmt17", "generic")
 
@@ -25,8 +26,15 @@ class _Strict(BaseModel):
 
 def _absolute(value: str | None) -> str | None:
     """Relative paths are made absolute where the config is loaded: Ray workers run in other
-    working directories, so a relative path would point elsewhere there."""
-    return None if value is None else str(Path(value).expanduser().resolve())
+    working directories, so a relative path would point elsewhere there. ``s3://`` and
+    ``gs://`` URIs are kept as they are."""
+    return None if value is None else absolute(value)
+
+
+def _local_absolute(value: str | None) -> str | None:
+    if value is not None and is_uri(value):
+        raise ValueError(f"{value}: must be a local folder (each node keeps its own cache)")
+    return _absolute(value)
 
 
 class SyntheticConfig(_Strict):
@@ -55,7 +63,9 @@ class DataConfig(_Strict):
     """Where the images come from and at which resolution the model sees them."""
 
     layout: Literal["latfpp", "market1501", "dukemtmc", "msmt17", "generic"] = "latfpp"
-    root: str | None = Field(None, description="dataset folder; None uses `synthetic`")
+    root: str | None = Field(
+        None, description="dataset folder or s3:// / gs:// URI; None uses `synthetic`"
+    )
     synthetic: SyntheticConfig | None = None
     camera_regex: str | None = Field(None, description="generic layout: regex with one group")
     height: int = Field(224, ge=16)
@@ -63,7 +73,8 @@ class DataConfig(_Strict):
     cache_dir: str | None = Field(None, description="decoded-image cache; default ~/.cache")
     augment: AugmentConfig = AugmentConfig()
 
-    _paths = field_validator("root", "cache_dir")(_absolute)
+    _root = field_validator("root")(_absolute)
+    _cache = field_validator("cache_dir")(_local_absolute)
 
     @model_validator(mode="after")
     def _root_or_synthetic(self) -> DataConfig:
@@ -86,7 +97,9 @@ class ModelConfig(_Strict):
 
     backbone: str = "vit_base_patch16_224"
     pretrained: bool = Field(False, description="timm's pretrained weights (needs internet)")
-    weights: str | None = Field(None, description="local .safetensors/.pth/.npz backbone file")
+    weights: str | None = Field(
+        None, description=".safetensors/.pth/.npz backbone file: a local path or s3:// URI"
+    )
     depth: int | None = Field(None, ge=1, description="keep only the first N blocks (tiny tests)")
     embed_dim: int | None = Field(None, ge=8, description="override width (random init only)")
     num_heads: int | None = Field(None, ge=1)

@@ -8,12 +8,20 @@ must never see a URI: it turns ``s3://b/x`` into ``<cwd>/s3:/b/x``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tempfile
 from pathlib import Path
 
 from reidsearch.errors import ReidSearchError, first_line
+
+
+def default_cache_root() -> Path:
+    """``$REIDSEARCH_CACHE`` or ``~/.cache/reidsearch``: this machine's generated data, decoded
+    caches and local copies of remote files (never shared between nodes)."""
+    env = os.environ.get("REIDSEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "reidsearch"
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -105,6 +113,16 @@ def check_writable(location: str, what: str) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError from S3/GCS/local in many shapes
         raise ReidSearchError(f"{location}: {what}: not writable ({first_line(exc)})") from None
+
+
+def local_copy(location: str, what: str) -> Path:
+    """A local path for ``location``: itself when local, else a copy downloaded once into
+    this machine's cache (``downloads/<hash of the URI>-<name>``, the suffix kept)."""
+    if not is_uri(location):
+        return Path(absolute(location))
+    key = hashlib.sha256(location.encode()).hexdigest()[:16]
+    target = default_cache_root() / "downloads" / f"{key}-{basename(location)}"
+    return download(location, target, what)
 
 
 def download(location: str, target: Path, what: str) -> Path:

@@ -275,6 +275,8 @@ class LocalAutoscalingCluster(AutoscalingCluster):
         found = []
         for proc in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
+                if proc.pid == os.getpid():
+                    continue
                 if proc.environ().get(CLUSTER_MARKER) == str(self.root):
                     found.append(proc)
         return found
@@ -316,9 +318,13 @@ def autoscaling_cluster(
     """Head: CPU 0 + TRIAL_DRIVER_RESOURCE; ``cpu_worker`` nodes: {CPU: worker_cpus}, 0..max."""
     # short path: unix sockets of raylets/plasma live under root/ray (108-byte limit)
     root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
-    env = {**(env or {}), "RAY_AUTH_MODE": "disabled", CLUSTER_MARKER: str(root)}
+    env = {**(env or {}), "RAY_AUTH_MODE": "disabled"}
     here = str(Path(__file__).resolve().parent)
-    node_env = {**env, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    node_env = {
+        **env,
+        CLUSTER_MARKER: str(root),  # not in the driver: shutdown kills what carries it
+        "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+    }
     cluster = LocalAutoscalingCluster(
         root,
         head_resources={"CPU": 0, TRIAL_DRIVER_RESOURCE: 1000, **(head_resources or {})},

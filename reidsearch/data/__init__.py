@@ -2,7 +2,7 @@
 batched augmentation. Imports neither ray nor mlflow (the core runs on bare GPU machines)."""
 
 from reidsearch.data.augment import BatchAugment
-from reidsearch.data.cache import ImageCache, build_image_cache, default_cache_root
+from reidsearch.data.cache import ImageCache, build_image_cache
 from reidsearch.data.manifest import (
     SPLITS,
     format_summary,
@@ -17,6 +17,7 @@ from reidsearch.data.manifest import (
 from reidsearch.data.parsers import PARSERS, parse_dataset
 from reidsearch.data.sampler import PKSampler
 from reidsearch.data.synthetic import ensure_synthetic, generate_synthetic
+from reidsearch.storage import default_cache_root
 
 __all__ = [
     "PARSERS",

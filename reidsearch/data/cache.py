@@ -26,14 +26,9 @@ from PIL import Image
 
 from reidsearch.data.manifest import manifest_root
 from reidsearch.errors import DatasetError
+from reidsearch.storage import default_cache_root
 
 CACHE_VERSION = 1
-
-
-def default_cache_root() -> Path:
-    """``$REIDSEARCH_CACHE`` or ``~/.cache/reidsearch``: where generated data and caches live."""
-    env = os.environ.get("REIDSEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "reidsearch"
 
 
 @dataclass

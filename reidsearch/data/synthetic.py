@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from reidsearch.config import SyntheticConfig
-from reidsearch.data.cache import default_cache_root
 from reidsearch.data.manifest import SPLITS
+from reidsearch.storage import default_cache_root
 
 GENERATOR_VERSION = 1  # bump when the rendering changes, so cached datasets are regenerated
 _CHUNK = 256

@@ -8,7 +8,6 @@ published atomically once per machine and reused by every later trial and epoch.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 
 from reidsearch.config import DataConfig
-from reidsearch.data.cache import ImageCache, build_image_cache, default_cache_root
+from reidsearch.data.cache import ImageCache, build_image_cache
 from reidsearch.data.manifest import manifest_layout, manifest_root
 from reidsearch.data.parsers import parse_dataset
 from reidsearch.data.synthetic import ensure_synthetic
 from reidsearch.errors import DatasetError
-from reidsearch.storage import download, is_uri
+from reidsearch.storage import local_copy
 
 
 @dataclass
@@ -72,12 +71,8 @@ def data_identity(cfg: DataConfig) -> dict:
 def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
     """The dataset folder and its layout; generates the synthetic dataset on first use and
     downloads an ``s3://`` / ``gs://`` root once into the local cache."""
-    if cfg.root is not None and is_uri(cfg.root):
-        key = hashlib.sha256(cfg.root.encode()).hexdigest()[:16]
-        local = default_cache_root() / "datasets" / f"{Path(cfg.root).name}-{key}"
-        return download(cfg.root, local, "data.root"), cfg.layout
     if cfg.root is not None:
-        return Path(cfg.root).expanduser().resolve(), cfg.layout
+        return local_copy(cfg.root, "data.root"), cfg.layout
     assert cfg.synthetic is not None
     return ensure_synthetic(cfg.synthetic), cfg.synthetic.layout
 

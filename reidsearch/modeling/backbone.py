@@ -41,8 +41,8 @@ def build_backbone(
 
     ``depth`` keeps only the first N blocks (cheap trials; pretrained blocks are kept, not
     re-initialised). ``embed_dim``/``num_heads`` change the width (random init, or a local file
-    of that width). ``weights`` is a local backbone file loaded after construction
-    (see ``weights.py``).
+    of that width). ``weights`` is a backbone file (a local path, or an ``s3://`` URI fetched once
+    into this machine's cache) loaded after construction (see ``weights.py``).
     """
     if not timm.is_model(name) or not is_model_in_modules(name, _VIT_MODULES):
         known = "" if timm.is_model(name) else " (unknown timm model)"
@@ -75,8 +75,9 @@ def build_backbone(
         model.blocks = model.blocks[:depth]
     if weights is not None:
         from reidsearch.modeling.weights import load_backbone_weights
+        from reidsearch.storage import local_copy
 
-        load_backbone_weights(model, weights)
+        load_backbone_weights(model, local_copy(str(weights), "model.weights"))
     return model
 
 
