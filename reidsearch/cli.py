@@ -209,7 +209,8 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
         count = "head" if name == cluster.head_type else f"{node.min_workers}..{node.max_workers}"
         print(f"  {name:<16} {count:<6} {res}")
     total = ", ".join(f"{k} {v:g}" for k, v in cluster.max_resources().items())
-    print(f"  maximum size: {cluster.max_workers} worker nodes; {total}")
+    mix = " + ".join(f"{c} {n}" for n, c in cluster.node_counts().items() if c)
+    print(f"  maximum size ({cluster.max_workers} worker nodes at most): {mix}; {total}")
     if args.space is not None:
         from reidsearch.search.space import load_search_space
 

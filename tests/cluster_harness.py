@@ -210,6 +210,13 @@ class PerNodeDirsProvider(FakeMultiNodeProvider):
             self._nodes[node_id] = {"tags": {**all_tags, **tags}, "node": node}
 
 
+_EMPTY_LISTS = (
+    "initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+    "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files",
+    "rsync_exclude", "rsync_filter",
+)  # fmt: skip
+
+
 class LocalAutoscalingCluster(AutoscalingCluster):
     """AutoscalingCluster that neither needs ``example.yaml`` (missing from the Ray 2.60 wheel)
     nor runs ``ray stop --force``, and starts its head on 127.0.0.1 with free ports."""
@@ -242,6 +249,8 @@ class LocalAutoscalingCluster(AutoscalingCluster):
             "upscaling_speed": 1.0,
             "idle_timeout_minutes": 0.1,
             **{k: {} for k in ("auth", "docker", "file_mounts")},
+            **{k: [] for k in _EMPTY_LISTS},
+            "file_mounts_sync_continuously": False,
         }
         config["available_node_types"]["ray.head.default"]["max_workers"] = 0
         config.update(kw)

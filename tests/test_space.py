@@ -137,7 +137,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert space.searcher == "optuna" and space.metric == "mAP" and space.mode == "max"
     assert space.experiment == "my-search"
     assert space.scheduler.type == "asha" and space.scheduler.max_t == TrialConfig().epochs
-    assert space.storage_dir().is_absolute() and space.storage_dir().name == "reidsearch_runs"
+    root = Path(space.storage_root())
+    assert root.is_absolute() and root.name == "reidsearch_runs"
     assert space.params == [] and space.points_to_evaluate == []
     assert "(nothing)" in space.describe()
 

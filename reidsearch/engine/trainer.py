@@ -231,18 +231,26 @@ def train(
     ctx: TrainContext | None = None,
     resume: dict[str, Any] | None = None,
     data: PreparedData | None = None,
+    backbone_weights: Path | None = None,
 ) -> dict:
     """Train one model for ``cfg.epochs`` epochs, evaluating every ``cfg.eval.period`` epochs.
 
     ``resume`` is a state dict written by an earlier run (``checkpoint.pt``): the epoch counter,
-    model, optimiser, scheduler and best score continue from it. Returns the last metrics.
+    model, optimiser, scheduler and best score continue from it. ``data`` and
+    ``backbone_weights`` (a local copy of the starting backbone) are what a search driver
+    prepared once for every trial. Returns the last metrics.
     """
     ctx = ctx or TrainContext.from_environment()
     device = ctx.device
     seed_everything(cfg.seed)
     data = data or prepare_data(cfg.data)
     image_size = (cfg.data.height, cfg.data.width)
-    model: ReIDModel = build_model(cfg.model, data.num_classes, image_size).to(device)
+    model_cfg = cfg.model
+    if backbone_weights is not None:  # the starting weights, already fetched for this node
+        model_cfg = model_cfg.model_copy(
+            update={"pretrained": False, "weights": str(backbone_weights)}
+        )
+    model: ReIDModel = build_model(model_cfg, data.num_classes, image_size).to(device)
     loss_fn = ReIDLoss(cfg.loss)
     optimizer = build_optimizer(cfg.optim, model)
     sampler = PKSampler(

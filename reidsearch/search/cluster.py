@@ -9,9 +9,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reidsearch.config import ScalingConfig
-from reidsearch.errors import ReidSearchError
+from reidsearch.errors import ReidSearchError, first_line
+from reidsearch.storage import is_uri
+
+if TYPE_CHECKING:
+    from reidsearch.search.space import SearchSpace
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function trainable only waits on its TorchTrainer
 # A custom resource that the head node of a cluster declares (cluster.yaml: an integer, e.g.
@@ -59,18 +64,85 @@ def check_fits(
     )
 
 
+def running_ray_address(address: str | None) -> str | None:
+    """The Ray to join: ``address`` itself, a Ray already running on this machine when
+    ``address`` is None (``RAY_ADDRESS`` or the newest ``ray start``), or None to start a
+    private embedded one (``address`` "local", or nothing running)."""
+    if address == "local":
+        return None
+    if address:
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+        # The newest `ray start` on this machine, if its GCS still runs (not a stale record).
+        return find_bootstrap_address(None) if find_gcs_addresses() else None
+    except Exception:  # noqa: BLE001 - nothing found (or unreadable): start our own
+        return None
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The Ray a search runs on: what it holds now and the most it can ever hold."""
+
+    joined: bool  # an existing cluster (True) or a private embedded Ray (False)
+    now: dict[str, float]
+    most: dict[str, float]  # the autoscaler's maximum size where Ray knows it, else ``now``
+    alive_nodes: int
+    max_nodes: int
+
+    @property
+    def capacity(self) -> Capacity:
+        return Capacity(cpus=self.most.get("CPU", 0.0), gpus=self.most.get("GPU", 0.0))
+
+    @property
+    def multi_node(self) -> bool:
+        return max(self.alive_nodes, self.max_nodes) > 1
+
+    @property
+    def driver_resources(self) -> dict[str, float]:
+        """What one trial driver asks for: the head's custom resource where it exists."""
+        if self.most.get(TRIAL_DRIVER_RESOURCE, 0) >= 1:
+            return {"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1.0}
+        return {"CPU": TRIAL_DRIVER_CPUS}
+
+    @property
+    def driver_cpus(self) -> float:
+        return self.driver_resources["CPU"]
+
+
+def _cluster_maximum() -> tuple[dict[str, float] | None, int]:
+    """The autoscaler's maximum resources and node count, as Ray itself records them."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - no autoscaler (a fixed cluster) or an older Ray
+        return None, 0
+    if config is None or not most:
+        return None, 0
+    nodes = sum(max(0, group.max_count) for group in config.node_group_configs)
+    return {k: float(v) for k, v in most.items()}, nodes
+
+
 def init_ray(
     address: str | None = None, *, num_cpus: float | None = None, quiet: bool = True
-) -> Capacity:
-    """Join ``address`` or start an embedded local Ray sized to this machine.
+) -> RayCluster:
+    """Join a Ray cluster or start an embedded local Ray sized to this machine.
 
-    The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner queries
-    the state API through it, and without it trials stopped by ASHA keep their reservations.
+    ``address`` None joins a Ray already running on this machine (a ``ray up`` head node)
+    and starts a private one otherwise; "local" always starts a private one. The dashboard
+    stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner queries the state API
+    through it, and without it trials stopped by ASHA keep their reservations.
     """
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    joined = True
     if not ray.is_initialized():
         kwargs: dict = {
             "include_dashboard": True,
@@ -79,12 +151,66 @@ def init_ray(
             "configure_logging": quiet,
             "logging_level": "WARNING" if quiet else "INFO",
         }
-        if address:
+        target = running_ray_address(address)
+        if target is not None:
             try:
-                ray.init(address=address, **kwargs)
+                ray.init(address=target, **kwargs)
             except ConnectionError as exc:
-                raise ReidSearchError(f"--address {address}: no Ray cluster ({exc})") from None
+                where = f"--address {address}" if address else f"the running Ray at {target}"
+                raise ReidSearchError(f"{where}: cannot connect ({first_line(exc)})") from None
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    resources = ray.cluster_resources()
-    return Capacity(cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)))
+            joined = False
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    most, max_nodes = _cluster_maximum() if joined else (None, 0)
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if most is not None:  # what is up now may exceed the config (e.g. hand-started nodes)
+        most = {k: max(most.get(k, 0.0), now.get(k, 0.0)) for k in set(most) | set(now)}
+    return RayCluster(
+        joined=joined, now=now, most=most or now, alive_nodes=alive, max_nodes=max_nodes
+    )
+
+
+def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> int:
+    """How many trials run at once: the space's ``max_concurrent``, lowered to what the
+    cluster can ever hold (its autoscaling maximum, not what happens to be up now).
+
+    A trial that no node of the cluster could ever run is refused in one line; one that only
+    waits for the autoscaler to add nodes is not.
+    """
+    scaling = space.fixed_config.scaling
+    fits = max_concurrent_trials(cluster.capacity, scaling, cluster.driver_cpus)
+    autoscales = cluster.joined and cluster.most != cluster.now
+    if fits == 0 and cluster.joined and not autoscales:
+        print(
+            "reidsearch: the cluster cannot run one trial with what it has now and Ray does "
+            "not know its maximum size; trials wait until nodes join"
+        )
+        return wanted
+    check_fits(cluster.capacity, scaling, str(space.source), cluster.driver_cpus)
+    if max_concurrent_trials(Capacity(**_cpu_gpu(cluster.now)), scaling, cluster.driver_cpus) < 1:
+        print("reidsearch: no node can run a trial yet; trials wait for the autoscaler")
+    if fits < wanted:
+        print(
+            f"reidsearch: only {fits} trial(s) fit at once on this Ray cluster "
+            f"({cluster.capacity.cpus:g} CPUs, {cluster.capacity.gpus:g} GPUs at most); "
+            "lowering max_concurrent"
+        )
+        return fits
+    return wanted
+
+
+def check_shared_storage(space: SearchSpace, cluster: RayCluster, experiment_dir: str) -> None:
+    """Refuse a local results folder on a cluster of several nodes, before any trial starts:
+    worker nodes do not share the head's disk (Ray Train would fail at the first checkpoint
+    a remote worker writes)."""
+    if cluster.multi_node and not is_uri(experiment_dir):
+        raise ReidSearchError(
+            f"{space.source}: storage_path: {experiment_dir} is a local folder, but this Ray "
+            f"cluster has or can add several nodes, which do not share this disk; use an "
+            "s3:// or gs:// URI (or file:// for a folder every node mounts)"
+        )
+
+
+def _cpu_gpu(resources: dict[str, float]) -> dict[str, float]:
+    return {"cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0)}

@@ -28,16 +28,11 @@ if TYPE_CHECKING:
 
 # (vCPUs, GPUs) of AWS instance types, for node types that do not declare CPU/GPU resources.
 AWS_INSTANCES: dict[str, tuple[int, int]] = {
-    "m6i.xlarge": (4, 0),
     "m6i.2xlarge": (8, 0),
-    "m6i.4xlarge": (16, 0),
-    "g5.xlarge": (4, 1),
     "g5.2xlarge": (8, 1),
     "g5.12xlarge": (48, 4),
-    "g5.48xlarge": (192, 8),
     "g6e.xlarge": (4, 1),
     "g6e.2xlarge": (8, 1),
-    "g6e.12xlarge": (48, 4),
     "p4d.24xlarge": (96, 8),
     "p5.48xlarge": (192, 8),
 }
@@ -159,10 +154,10 @@ def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
         )
     per_node = {t.name: workers_per_node(t, scaling) for t in workers if t.max_workers > 0}
     if not any(per_node.values()):
-        shape = ", ".join(f"{v:g} {k}" for k, v in worker_demand(scaling).items())
+        types = "; ".join(f"{t.name}: {_shape(t.resources)}" for t in workers)
         raise ConfigError(
-            f"{sfile}: resources: one worker ({shape}) fits no worker node type of {cfile} "
-            f"({_describe_types(workers)})"
+            f"{sfile}: resources: one worker ({_shape(worker_demand(scaling))}) fits no "
+            f"worker node type of {cfile} ({types})"
         )
     slots = worker_slots(cluster, scaling)
     if slots < scaling.workers:
@@ -185,15 +180,13 @@ def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
     return fits
 
 
+def _shape(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in resources.items())
+
+
 def _is_local(uri: str) -> bool:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     return scheme in ("", "file", "local")
-
-
-def _describe_types(types: list[NodeType]) -> str:
-    return "; ".join(
-        f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in t.resources.items()) for t in types
-    )
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -246,7 +239,7 @@ def _ray_validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.ValidationError as exc:
         key = ".".join(str(part) for part in exc.absolute_path)
         raise ConfigError(f"{path}: {key + ': ' if key else ''}{exc.message}") from None
-    except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, KeyError, click errors
+    except Exception as exc:  # Ray raises ValueError, KeyError, AssertionError, click errors
         message = getattr(exc, "message", None) or first_line(exc)
         raise ConfigError(f"{path}: not a valid Ray cluster file: {message}") from None
     finally:

@@ -14,15 +14,21 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from reidsearch.search.cluster import TRIAL_DRIVER_CPUS, check_fits, init_ray, max_concurrent_trials
+from reidsearch.search.cluster import (
+    check_shared_storage,
+    init_ray,
+    size_concurrency,
+)
 from reidsearch.search.plan import SearchPlan, check_dataset, plan_search
 from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
+from reidsearch.search.shipping import ship_inputs
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking import (
     GRID_KEY,
     MLflowSearchTracker,
     resolve_trial,
 )
+from reidsearch.storage import basename, check_writable
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -70,6 +76,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
         objective=settings["objective"],
         mode=settings["mode"],
         callbacks=[TuneReportCallback()],
+        shipment=settings.get("shipment"),
     )
     raise_if_diverged(trainer.fit(), f"trial {trial_id}")
 
@@ -123,32 +130,30 @@ def run_search(
     """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
     check_dataset(space)
-    capacity = init_ray(address, num_cpus=plan.local_cpus)
-    check_fits(capacity, space.fixed_config.scaling, str(space.source))
-    fits = max_concurrent_trials(capacity, space.fixed_config.scaling)
-    if fits < plan.max_concurrent:
-        print(
-            f"reidsearch: only {fits} trial(s) fit at once on this Ray cluster "
-            f"({capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs); lowering max_concurrent"
-        )
-        plan.max_concurrent = fits
+    cluster = init_ray(address, num_cpus=plan.local_cpus)
+    plan.max_concurrent = size_concurrency(space, cluster, plan.max_concurrent)
+    check_shared_storage(space, cluster, plan.experiment_dir)
+    check_writable(plan.experiment_dir, f"{space.source}: storage_path")
 
     fixed = space.fixed_config.model_dump()
+    shipment, _ = ship_inputs(space.fixed_config)
     settings = {
-        "train_storage": str(plan.experiment_dir / "train"),
+        "train_storage": plan.train_storage,
         "max_failures": space.max_failures,
         "objective": space.objective.metric,
         "mode": space.objective.mode,
+        "shipment": shipment,
     }
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, fixed=fixed, settings=settings),
-        {"CPU": TRIAL_DRIVER_CPUS},
+        cluster.driver_resources,
     )
     tracker = MLflowSearchTracker(
         tracking_uri=plan.tracking_uri,
         experiment=plan.experiment,
         search_name=space.name,
-        experiment_dir=str(plan.experiment_dir),
+        experiment_dir=plan.experiment_dir,
+        train_storage=plan.train_storage,
         space_file=str(space.source),
         fixed=fixed,
         objective=space.objective.metric,
@@ -157,17 +162,17 @@ def run_search(
         full_epochs=full_length(space),
     )
     run_config = tune.RunConfig(
-        name=plan.experiment_dir.name,
-        storage_path=str(plan.experiment_dir.parent),
+        name=basename(plan.experiment_dir),
+        storage_path=space.storage_root(),
         # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
         # a trial that fails as a whole (e.g. it diverged) is not re-run.
         failure_config=tune.FailureConfig(max_failures=0),
         callbacks=[tracker],
         verbose=verbose,
     )
-    if resume and tune.Tuner.can_restore(str(plan.experiment_dir)):
+    if resume and tune.Tuner.can_restore(plan.experiment_dir):
         tuner = tune.Tuner.restore(
-            str(plan.experiment_dir),
+            plan.experiment_dir,
             trainable=trainable,
             resume_errored=True,
             resume_unfinished=True,

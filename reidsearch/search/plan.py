@@ -6,28 +6,35 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from reidsearch.errors import ReidSearchError
+from reidsearch.errors import ReidSearchError, first_line
 from reidsearch.search.cluster import (
     TRIAL_DRIVER_CPUS,
     Capacity,
     check_fits,
     max_concurrent_trials,
+    running_ray_address,
 )
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking_uri import default_tracking_uri
+from reidsearch.storage import exists, join, list_dirs
 
 
 @dataclass
 class SearchPlan:
     """What ``run`` will do, computed without starting Ray (``--dry-run`` prints it)."""
 
-    experiment_dir: Path
+    experiment_dir: str  # a local folder or an s3:// / gs:// URI
     tracking_uri: str
     experiment: str
     max_concurrent: int
-    local_cpus: float | None
+    local_cpus: float | None  # a private embedded Ray of this size; None joins a cluster
+    ray_address: str | None = None
+
+    @property
+    def train_storage(self) -> str:
+        """Where the trials' Ray Train runs keep their checkpoints."""
+        return join(self.experiment_dir, "train")
 
     def describe(self) -> str:
         lines = [
@@ -37,19 +44,20 @@ class SearchPlan:
         ]
         if self.local_cpus is not None:
             lines.append(f"local ray      : {self.local_cpus:g} logical CPUs")
+        else:
+            lines.append(f"ray cluster    : {self.ray_address}")
         return "\n".join(lines)
 
 
-def _storage_root(space: SearchSpace) -> Path:
-    return space.storage_dir()
-
-
-def latest_experiment_dir(space: SearchSpace) -> Path | None:
+def latest_experiment_dir(space: SearchSpace) -> str | None:
     """The newest ``<name>-YYYYmmdd-HHMMSS`` folder (not another space's ``<name>-other-...``)."""
     pattern = re.compile(rf"{re.escape(space.name)}-\d{{8}}-\d{{6}}")
-    root = _storage_root(space)
-    candidates = sorted(p for p in root.glob(f"{space.name}-*") if pattern.fullmatch(p.name))
-    return candidates[-1] if candidates else None
+    root = space.storage_root()
+    try:
+        names = [name for name in list_dirs(root) if pattern.fullmatch(name)]
+    except OSError as exc:
+        raise ReidSearchError(f"{root}: storage_path: cannot list ({first_line(exc)})") from None
+    return join(root, max(names)) if names else None
 
 
 def local_capacity() -> Capacity:
@@ -64,7 +72,15 @@ def local_capacity() -> Capacity:
 def check_dataset(space: SearchSpace) -> None:
     """Fail before Ray starts when the dataset folder is missing (every trial would fail)."""
     root = space.fixed_config.data.root
-    if root is not None and not Path(root).is_dir():
+    if root is None:
+        return
+    try:
+        found = exists(root)
+    except (OSError, ReidSearchError) as exc:
+        raise ReidSearchError(
+            f"{space.source}: fixed.data.root: {root}: cannot read ({first_line(exc)})"
+        ) from None
+    if not found:
         raise ReidSearchError(
             f"{space.source}: fixed.data.root: {root}: no such folder "
             "(edit the file or pass --data)"
@@ -80,14 +96,16 @@ def plan_search(
         if experiment_dir is None:
             raise ReidSearchError(
                 f"{space.source}: --resume: no earlier run of "
-                f"{space.name!r} under {_storage_root(space)}"
+                f"{space.name!r} under {space.storage_root()}"
             )
     else:
-        experiment_dir = _storage_root(space) / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        experiment_dir = join(space.storage_root(), f"{space.name}-{stamp}")
     uri = tracking_uri or space.mlflow.tracking_uri or default_tracking_uri()
     local_cpus = None
     max_concurrent = space.max_concurrent
-    if address is None:
+    ray_address = running_ray_address(address)
+    if ray_address is None:
         capacity = local_capacity()
         check_fits(capacity, scaling, str(space.source), driver_cpus=0.0)
         fits = max_concurrent_trials(capacity, scaling, driver_cpus=0.0)
@@ -101,4 +119,5 @@ def plan_search(
         experiment=space.experiment,
         max_concurrent=max_concurrent,
         local_cpus=local_cpus,
+        ray_address=ray_address,
     )

@@ -28,11 +28,16 @@ from reidsearch.engine.trainer import (
     train,
 )
 from reidsearch.errors import ReidSearchError
+from reidsearch.search.shipping import Shipment, received_data, received_weights
+from reidsearch.search.tracking import NODE_KEY
+from reidsearch.storage import absolute
 
 DIVERGED_KEY = "diverged"
 
 
 def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbose: bool) -> None:
+    # Which node trained (rank 0's): the driver records it in MLflow.
+    metrics = {**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()}
     if payload is None:
         ray.train.report(metrics)
         return
@@ -89,8 +94,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
         _report(metrics, payload, verbose)
         _crash_once(fault, int(metrics["epoch"]), ctx.rank)
 
+    shipment = loop_config.get("shipment")
     try:
-        train(cfg, report, ctx=ctx, resume=load_resume_state())
+        train(
+            cfg,
+            report,
+            ctx=ctx,
+            resume=load_resume_state(),
+            data=received_data(shipment, cfg),
+            backbone_weights=received_weights(shipment, cfg),
+        )
     except TrainingDiverged as exc:
         # A deterministic divergence: end the run cleanly (every rank gets here together) so
         # Ray Train does not retry it from a checkpoint; the caller marks the trial failed.
@@ -132,9 +145,11 @@ def build_torch_trainer(
     callbacks: list | None = None,
     verbose: bool = False,
     inject_crash: dict[str, Any] | None = None,
+    shipment: Shipment | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one trial. ``name`` must be stable across restarts (a trial id, not a
-    timestamp), or a restarted trial does not find its checkpoints."""
+    timestamp), or a restarted trial does not find its checkpoints. ``storage_path`` is a
+    local folder or an ``s3://`` / ``gs://`` URI; ``shipment`` is what the driver prepared."""
     resources: dict[str, float] = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpus_per_worker > 0:
         resources["GPU"] = cfg.scaling.gpus_per_worker
@@ -144,6 +159,7 @@ def build_torch_trainer(
             "trial": cfg.model_dump(),
             "verbose": verbose,
             "inject_crash": inject_crash,
+            "shipment": shipment,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
@@ -152,9 +168,7 @@ def build_torch_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).expanduser().resolve())
-            if "://" not in str(storage_path)
-            else str(storage_path),
+            storage_path=absolute(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=objective, checkpoint_score_order=mode

@@ -28,10 +28,20 @@ def train_on_ray(
         raise_if_diverged,
         user_error_behind,
     )
+    from reidsearch.search.shipping import ship_inputs
 
-    capacity = init_ray(address, num_cpus=None if address else float(os.cpu_count() or 1))
-    check_fits(capacity, cfg.scaling, "reidsearch train", driver_cpus=0.0)
-    trainer = build_torch_trainer(cfg, name=name, storage_path=output, verbose=True)
+    cluster = init_ray(address, num_cpus=float(os.cpu_count() or 1))
+    check_fits(cluster.capacity, cfg.scaling, "reidsearch train", driver_cpus=0.0)
+    if cluster.multi_node:
+        raise ReidSearchError(
+            f"{output}: --output is this machine's disk, which the other nodes of this Ray "
+            "cluster do not share; train on one machine (--address local) or run a search "
+            "with an s3:// storage_path"
+        )
+    shipment, _ = ship_inputs(cfg)
+    trainer = build_torch_trainer(
+        cfg, name=name, storage_path=output, verbose=True, shipment=shipment
+    )
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:

@@ -38,6 +38,7 @@ from reidsearch.config import (
     set_dotted,
 )
 from reidsearch.errors import ConfigError
+from reidsearch.storage import absolute
 
 __all__ = [
     "DEFAULT_STORAGE_PATH",
@@ -322,9 +323,10 @@ class SearchSpace:
         """MLflow experiment name (defaults to the search name)."""
         return self.mlflow.experiment or self.name
 
-    def storage_dir(self) -> Path:
-        """Absolute Ray Tune results folder (``storage_path`` or ./reidsearch_runs, from cwd)."""
-        return Path(self.storage_path or DEFAULT_STORAGE_PATH).expanduser().resolve()
+    def storage_root(self) -> str:
+        """Where searches keep their results: ``storage_path`` as an ``s3://`` / ``gs://`` URI,
+        or an absolute local folder (``./reidsearch_runs`` by default, from the cwd)."""
+        return absolute(self.storage_path or DEFAULT_STORAGE_PATH)
 
     def with_data_root(self, root: str) -> SearchSpace:
         """A copy whose fixed settings read the dataset at ``root`` (the CLI's ``--data``)."""
@@ -497,7 +499,7 @@ class SearchSpace:
             f"mlflow: experiment {self.experiment}, tracking "
             f"{self.mlflow.tracking_uri or 'local sqlite store'}"
         )
-        lines.append(f"storage: {self.storage_dir()}, max_failures {self.max_failures}")
+        lines.append(f"storage: {self.storage_root()}, max_failures {self.max_failures}")
         return "\n".join(lines)
 
 

@@ -2,15 +2,16 @@
 
 Only the driver process writes to MLflow (a Tune callback), so a local sqlite store has a
 single writer even with many concurrent trials; a cluster can use a tracking server URI.
-Logging is idempotent across restarts: per-trial run ids are kept in the experiment folder, and
-epochs already logged are not logged again after a worker restarts from a checkpoint.
+Logging is idempotent across restarts: per-trial run ids are kept in the experiment folder (a
+local folder or an ``s3://`` URI), and epochs already logged are not logged again after a worker
+restarts from a checkpoint. Pictures and checkpoints reach MLflow from wherever the trial stored
+them, through Ray's ``Checkpoint`` API (on a cluster: the bucket, not this machine's disk).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ from ray.tune import Callback
 
 from reidsearch.config import TrialConfig, with_overrides
 from reidsearch.engine.checkpoint import STATE_FILE as CHECKPOINT_FILE
+from reidsearch.storage import exists, filesystem, join, read_text, write_text
 
 PARENT_TAG = "mlflow.parentRunId"
+NODE_TAG = "reidsearch.nodes"  # the Ray node ids a trial's rank 0 trained on
+NODE_KEY = "node_id"  # the result key that carries it (see ray_train)
 KIND_TAG = "reidsearch.kind"
 STATE_FILE = "mlflow_runs.json"
 GRID_KEY = "grid_point"
@@ -95,6 +99,7 @@ class MLflowSearchTracker(Callback):
         experiment: str,
         search_name: str,
         experiment_dir: str,
+        train_storage: str,
         space_file: str,
         fixed: dict[str, Any],
         objective: str,
@@ -105,7 +110,8 @@ class MLflowSearchTracker(Callback):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.search_name = search_name
-        self.experiment_dir = Path(experiment_dir)
+        self.experiment_dir = experiment_dir
+        self.train_storage = train_storage
         self.space_file = space_file
         self.fixed = fixed
         self.objective = objective
@@ -116,14 +122,11 @@ class MLflowSearchTracker(Callback):
         self._state: dict[str, Any] = {}
 
     # -- state kept beside the Tune experiment so a resumed search continues the same runs --
-    def _state_path(self) -> Path:
-        return self.experiment_dir / STATE_FILE
+    def _state_path(self) -> str:
+        return join(self.experiment_dir, STATE_FILE)
 
     def _save_state(self) -> None:
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1))
-        os.replace(tmp, self._state_path())
+        write_text(self._state_path(), json.dumps(self._state, indent=1))
 
     @property
     def client(self) -> Any:
@@ -143,8 +146,8 @@ class MLflowSearchTracker(Callback):
         return self._state["parent"]
 
     def setup(self, **info: Any) -> None:
-        if self._state_path().is_file():
-            self._state = json.loads(self._state_path().read_text())
+        if exists(self._state_path()):
+            self._state = json.loads(read_text(self._state_path()))
         if "parent" not in self._state:
             experiment_id = get_or_create_experiment(
                 self.client, self.experiment, self.tracking_uri
@@ -155,7 +158,7 @@ class MLflowSearchTracker(Callback):
                 tags={
                     KIND_TAG: "search",
                     "reidsearch.search": self.search_name,
-                    "reidsearch.experiment_dir": str(self.experiment_dir),
+                    "reidsearch.experiment_dir": self.experiment_dir,
                 },
             )
             self._state = {"parent": run.info.run_id, "experiment_id": experiment_id, "trials": {}}
@@ -225,6 +228,10 @@ class MLflowSearchTracker(Callback):
         ]
         self.client.log_batch(entry["run_id"], metrics=metrics)
         entry["last_epoch"] = epoch
+        node = result.get(NODE_KEY)
+        if node and node not in entry.setdefault("nodes", []):
+            entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
+            self.client.set_tag(entry["run_id"], NODE_TAG, ",".join(entry["nodes"]))
         value = result.get(self.objective)
         checkpoint = result.get("checkpoint_path")
         if value is not None and checkpoint and _better(value, entry["best"], self.mode):
@@ -236,14 +243,8 @@ class MLflowSearchTracker(Callback):
     def _finish_trial(self, trial: Any, status: str) -> None:
         entry = self._trial_entry(trial)
         run_id = entry["run_id"]
-        checkpoint = entry.get("best_checkpoint")
-        if checkpoint and Path(checkpoint).is_dir():
-            for picture in sorted(Path(checkpoint).glob("*.png")):
-                self.client.log_artifact(run_id, str(picture), "pictures")
-            if self.log_checkpoint:
-                self.client.log_artifact(
-                    run_id, str(Path(checkpoint) / CHECKPOINT_FILE), "checkpoint"
-                )
+        if entry.get("best_checkpoint"):
+            self._log_checkpoint_files(run_id, entry["best_checkpoint"])
         if entry.get("best") is not None:
             self.client.log_metric(run_id, f"best_{self.objective}", entry["best"])
             self.client.set_tag(run_id, "best_epoch", str(entry.get("best_epoch")))
@@ -251,6 +252,24 @@ class MLflowSearchTracker(Callback):
         self.client.set_terminated(run_id, status=status)
         entry["status"] = status
         self._save_state()
+
+    def _log_checkpoint_files(self, run_id: str, checkpoint_path: str) -> None:
+        """Pictures (and the checkpoint) of the best epoch, read through Ray's Checkpoint API
+        from the Train storage, wherever that is."""
+        from ray.train import Checkpoint
+
+        filesys, _ = filesystem(self.train_storage)
+        checkpoint = Checkpoint(path=checkpoint_path, filesystem=filesys)
+        try:
+            with checkpoint.as_directory() as directory:
+                for picture in sorted(Path(directory).glob("*.png")):
+                    self.client.log_artifact(run_id, str(picture), "pictures")
+                if self.log_checkpoint:
+                    self.client.log_artifact(
+                        run_id, str(Path(directory) / CHECKPOINT_FILE), "checkpoint"
+                    )
+        except FileNotFoundError:
+            pass  # the checkpoint was pruned (num_to_keep) after a better one replaced it
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish_trial(trial, "FINISHED")

@@ -1,0 +1,123 @@
+"""Inputs prepared once by the search driver and shipped to every trial through Ray's object store.
+
+Worker nodes share no disk with the head. Instead of every trial parsing the dataset, decoding
+its images and downloading pretrained weights on its own node, the driver does each once: the
+manifest and the decoded ``uint8`` image array go into the object store, which copies them to
+a node the first time a trial there asks and then serves every trial on that node the same
+shared-memory array (zero-copy, read-only). Weights travel as the bytes of one
+``.safetensors`` file, written once per node. A trial whose searched settings change the data
+or the backbone prepares its own (the identities below no longer match).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from reidsearch.config import ModelConfig, TrialConfig
+from reidsearch.data.cache import ImageCache
+from reidsearch.engine.data import PreparedData, assemble, data_identity, prepare_data
+from reidsearch.engine.evaluate import check_leaks
+from reidsearch.storage import default_cache_root
+
+OBJECT_STORE = Path("<ray object store>")
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """References to what the driver prepared, small enough to travel in every trial config."""
+
+    data_identity: dict[str, Any]
+    manifest: Any  # ray.ObjectRef[pa.Table]
+    images: Any  # ray.ObjectRef[np.ndarray], N x H x W x 3 uint8
+    query_leaks: int
+    weights_identity: dict[str, Any] | None = None
+    weights: Any = None  # ray.ObjectRef[bytes] of a .safetensors file
+    weights_sha: str = ""
+
+
+def weights_identity(cfg: TrialConfig) -> dict[str, Any] | None:
+    """What decides the backbone's starting weights; None when it starts from random init."""
+    model: ModelConfig = cfg.model
+    if not model.pretrained and model.weights is None:
+        return None
+    keys = {"backbone", "pretrained", "weights", "depth", "embed_dim", "num_heads"}
+    return {**model.model_dump(include=keys), "size": [cfg.data.height, cfg.data.width]}
+
+
+def _backbone_bytes(cfg: TrialConfig) -> bytes:
+    """The starting backbone (timm's pretrained weights, or a file), resized to the trial's
+    input size, as one ``.safetensors`` file."""
+    from safetensors.torch import save
+
+    from reidsearch.modeling.backbone import build_backbone
+
+    model = cfg.model
+    backbone = build_backbone(
+        model.backbone,
+        (cfg.data.height, cfg.data.width),
+        pretrained=model.pretrained,
+        weights=model.weights,
+        depth=model.depth,
+        embed_dim=model.embed_dim,
+        num_heads=model.num_heads,
+    )
+    return save({k: v.detach().contiguous() for k, v in backbone.state_dict().items()})
+
+
+def ship_inputs(cfg: TrialConfig, *, verbose: bool = True) -> tuple[Shipment, PreparedData]:
+    """Prepare ``cfg``'s data (and starting weights) here, once, and put them in the object
+    store. Also checks the split for query/gallery leaks once, for every trial."""
+    prepared = prepare_data(cfg.data)
+    leaks = check_leaks(prepared) if verbose else 0
+    shipment = Shipment(
+        data_identity=data_identity(cfg.data),
+        manifest=ray.put(prepared.manifest),
+        images=ray.put(np.asarray(prepared.cache.images)),
+        query_leaks=leaks,
+    )
+    identity = weights_identity(cfg)
+    if identity is not None:
+        blob = _backbone_bytes(cfg)
+        shipment = dataclasses.replace(
+            shipment,
+            weights_identity=identity,
+            weights=ray.put(blob),
+            weights_sha=hashlib.sha256(blob).hexdigest()[:24],
+        )
+    return shipment, prepared
+
+
+def received_data(shipment: Shipment | None, cfg: TrialConfig) -> PreparedData | None:
+    """The shipped dataset if it is the one ``cfg`` trains on (else None: prepare locally)."""
+    if shipment is None or data_identity(cfg.data) != shipment.data_identity:
+        return None
+    images = ray.get(shipment.images)  # zero-copy view of this node's object store
+    prepared = assemble(ray.get(shipment.manifest), ImageCache(OBJECT_STORE, images))
+    prepared.query_leaks = shipment.query_leaks
+    return prepared
+
+
+def received_weights(shipment: Shipment | None, cfg: TrialConfig) -> Path | None:
+    """A node-local file of the shipped starting weights if they are ``cfg``'s (else None)."""
+    if shipment is None or shipment.weights is None:
+        return None
+    if weights_identity(cfg) != shipment.weights_identity:
+        return None
+    final = default_cache_root() / "weights" / f"{shipment.weights_sha}.safetensors"
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}-", dir=final.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(ray.get(shipment.weights))
+    os.replace(tmp, final)  # concurrent trials write identical bytes; any one wins
+    return final
