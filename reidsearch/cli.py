@@ -8,6 +8,7 @@ a malformed file answer at once. User errors print one line and exit with code 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -136,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     space = load_search_space(args.space)
     if args.data is not None:
         space = space.with_data_root(_data_folder(args.data))
+    if args.storage is not None:
+        space = dataclasses.replace(space, storage_path=args.storage)
     if args.dry_run:
         from reidsearch.search.plan import plan_search
 
@@ -238,14 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument(
         "--address",
-        help="Ray cluster address ('auto' joins a running cluster); "
-        "default: an embedded local Ray sized to this machine",
+        help="Ray cluster address; default: the Ray already running on this machine (a "
+        "`ray up` head node), else an embedded local Ray; 'local' always starts a private one",
     )
     p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db)",
     )
     p.add_argument("--data", help="dataset folder (overrides fixed.data.root)")
+    p.add_argument(
+        "--storage",
+        help="where results and checkpoints go (overrides storage_path): a folder, or an "
+        "s3:// / gs:// URI on a cluster of several nodes",
+    )
     p.add_argument("--resume", action="store_true", help="resume the latest run of this space")
     p.add_argument(
         "--dry-run",
@@ -265,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--output", help="where the best model is written (default reidsearch_runs)")
     p.add_argument("--name", help="run name (default: the config's file name)")
-    p.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address (default: a Ray running on this machine, else an embedded "
+        "one; 'local' always starts a private one)",
+    )
     p.add_argument(
         "--no-ray",
         action="store_true",

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 def local_ray():
     from reidsearch.search.cluster import init_ray
 
-    capacity = init_ray(num_cpus=2)
+    capacity = init_ray("local", num_cpus=2).capacity
     yield capacity
     ray.shutdown()
 

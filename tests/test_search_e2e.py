@@ -20,7 +20,7 @@ def local_ray():
 
     from reidsearch.search.cluster import init_ray
 
-    init_ray(num_cpus=3)
+    init_ray("local", num_cpus=3)
     yield
     ray.shutdown()
 

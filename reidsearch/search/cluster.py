@@ -153,6 +153,12 @@ def init_ray(
         }
         target = running_ray_address(address)
         if target is not None:
+            if not address and quiet:
+                print(
+                    f"reidsearch: joining the Ray running at {target} (--address local: a "
+                    "private one)",
+                    flush=True,
+                )
             try:
                 ray.init(address=target, **kwargs)
             except ConnectionError as exc:

@@ -1,0 +1,118 @@
+"""Paths that cross nodes: local folders and s3:// URIs (a real local S3 server, moto), through
+pyarrow.fs as Ray uses it; datasets and weights given as URIs are fetched once per machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reidsearch import storage
+from reidsearch.errors import ReidSearchError
+from tests.cluster_harness import s3_fixture  # noqa: F401 - the `s3` fixture
+
+
+@pytest.fixture()
+def s3_env(s3, monkeypatch, tmp_path):  # noqa: F811
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REIDSEARCH_CACHE", str(tmp_path / "cache"))
+    return s3
+
+
+def test_uris_are_never_resolved_as_local_paths(tmp_path, monkeypatch):
+    from reidsearch.config import DataConfig, ModelConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("s3://bucket/runs/") == "s3://bucket/runs"
+    assert storage.absolute("runs") == str(tmp_path / "runs")
+    assert storage.join("s3://bucket/runs", "a", "b") == "s3://bucket/runs/a/b"
+    assert storage.basename("gs://bucket/runs/search-1") == "search-1"
+    assert DataConfig(root="s3://bucket/market").root == "s3://bucket/market"
+    assert DataConfig(root="market").root == str(tmp_path / "market")
+    assert ModelConfig(weights="s3://b/vit.safetensors").weights == "s3://b/vit.safetensors"
+    with pytest.raises(ValueError, match="must be a local folder"):
+        DataConfig(cache_dir="s3://bucket/cache")
+
+
+def test_local_text_files_list_and_replace(tmp_path):
+    target = str(tmp_path / "runs" / "state.json")
+    storage.write_text(target, "one")
+    storage.write_text(target, "two")
+    assert storage.read_text(target) == "two" and storage.exists(target)
+    assert storage.list_dirs(str(tmp_path)) == ["runs"]
+    assert storage.list_dirs(str(tmp_path / "missing")) == []
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["state.json"]
+
+
+def test_s3_round_trip_and_writable_check(s3_env):
+    root = s3_env.uri("runs")
+    storage.check_writable(root, "storage_path")
+    storage.write_text(storage.join(root, "search-1", "state.json"), '{"a": 1}')
+    assert storage.read_text(storage.join(root, "search-1", "state.json")) == '{"a": 1}'
+    assert storage.list_dirs(root) == ["search-1"]
+    assert storage.exists(storage.join(root, "search-1"))
+    assert not storage.exists(storage.join(root, "search-2"))
+
+
+def test_unreachable_bucket_is_one_line(s3_env):
+    with pytest.raises(ReidSearchError) as err:
+        storage.check_writable("s3://no-such-bucket/runs", "spaces/x.yaml: storage_path")
+    message = str(err.value)
+    assert message.startswith("s3://no-such-bucket/runs: spaces/x.yaml: storage_path: ")
+    assert "\n" not in message
+
+
+def test_dataset_root_on_s3_is_fetched_once(s3_env, tmp_path):
+    """A data.root URI is downloaded once into the machine's cache and parses like the local
+    folder it was uploaded from."""
+    import pyarrow.fs as pafs
+
+    from reidsearch.config import DataConfig
+    from reidsearch.data.parsers import parse_dataset
+    from reidsearch.data.synthetic import generate_synthetic
+    from reidsearch.engine.data import prepare_data
+
+    local = tmp_path / "market"
+    generate_synthetic(local, layout="market1501", ids=4, test_ids=3, images_per_camera=2)
+    s3fs, prefix = pafs.FileSystem.from_uri(s3_env.uri("datasets/market"))
+    pafs.copy_files(str(local), prefix, destination_filesystem=s3fs)
+
+    cfg = DataConfig(root=s3_env.uri("datasets/market"), layout="market1501", height=32, width=16)
+    prepared = prepare_data(cfg)
+    reference = parse_dataset(local, "market1501")
+    assert prepared.manifest.column("path").to_pylist() == reference.column("path").to_pylist()
+    assert prepared.manifest.column("pid").to_pylist() == reference.column("pid").to_pylist()
+    s3fs.delete_dir(prefix)  # the second preparation reads only the local copy
+    again = prepare_data(cfg)
+    np.testing.assert_array_equal(again.cache.images, prepared.cache.images)
+
+
+def test_missing_dataset_uri_is_one_line(s3_env):
+    from reidsearch.storage import local_copy
+
+    with pytest.raises(ReidSearchError, match=r"^s3://reidsearch/nothing/here: data.root: no such"):
+        local_copy(s3_env.uri("nothing/here"), "data.root")
+
+
+def test_weights_file_on_s3(s3_env, tmp_path):
+    import pyarrow.fs as pafs
+    from safetensors.torch import save_file
+
+    from reidsearch.modeling.backbone import build_backbone
+
+    source = build_backbone("vit_tiny_patch16_224", (64, 32), depth=2)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    s3fs, key = pafs.FileSystem.from_uri(s3_env.uri("weights/vit.safetensors"))
+    pafs.copy_files(str(path), key, destination_filesystem=s3fs)
+
+    loaded = build_backbone(
+        "vit_tiny_patch16_224", (64, 32), depth=2, weights=s3_env.uri("weights/vit.safetensors")
+    )
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    copies = list((Path(storage.default_cache_root()) / "downloads").iterdir())
+    assert [p.suffix for p in copies] == [".safetensors"]
