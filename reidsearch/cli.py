@@ -152,7 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
 
     plan, results = run_search(
-        space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
+        space,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        cluster_file=args.cluster,
     )
     name, rows = fetch_leaderboard(plan.tracking_uri, plan.experiment, top=args.top)
     print(format_leaderboard(name, rows))
@@ -255,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         "s3:// / gs:// URI on a cluster of several nodes",
     )
     p.add_argument("--resume", action="store_true", help="resume the latest run of this space")
+    p.add_argument(
+        "--cluster",
+        help="the cluster file, to size concurrency by the cluster's maximum size (default: "
+        "$REIDSEARCH_CLUSTER_FILE, or ~/ray_bootstrap_config.yaml on a `ray up` head)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reidsearch.config import ScalingConfig
@@ -16,6 +17,7 @@ from reidsearch.errors import ReidSearchError, first_line
 from reidsearch.storage import is_uri
 
 if TYPE_CHECKING:
+    from reidsearch.search.cluster_file import ClusterFile
     from reidsearch.search.space import SearchSpace
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function trainable only waits on its TorchTrainer
@@ -92,6 +94,7 @@ class RayCluster:
     most: dict[str, float]  # the autoscaler's maximum size where Ray knows it, else ``now``
     alive_nodes: int
     max_nodes: int
+    layout: ClusterFile | None = None  # the autoscaler's cluster file, where it is known
 
     @property
     def capacity(self) -> Capacity:
@@ -128,13 +131,36 @@ def _cluster_maximum() -> tuple[dict[str, float] | None, int]:
     return {k: float(v) for k, v in most.items()}, nodes
 
 
+def cluster_file_path(explicit: str | None) -> Path | None:
+    """The cluster file that says how large the joined cluster can grow: ``--cluster``,
+    ``$REIDSEARCH_CLUSTER_FILE``, or the copy ``ray up`` leaves on the head node."""
+    for candidate in (explicit, os.environ.get("REIDSEARCH_CLUSTER_FILE")):
+        if candidate:
+            return Path(candidate).expanduser()
+    bootstrap = Path.home() / "ray_bootstrap_config.yaml"
+    return bootstrap if bootstrap.is_file() else None
+
+
+def _layout(cluster_file: str | None) -> ClusterFile | None:
+    from reidsearch.search.cluster_file import load_cluster_file
+
+    path = cluster_file_path(cluster_file)
+    return load_cluster_file(path) if path is not None else None
+
+
 def init_ray(
-    address: str | None = None, *, num_cpus: float | None = None, quiet: bool = True
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    quiet: bool = True,
+    cluster_file: str | None = None,
 ) -> RayCluster:
     """Join a Ray cluster or start an embedded local Ray sized to this machine.
 
     ``address`` None joins a Ray already running on this machine (a ``ray up`` head node)
-    and starts a private one otherwise; "local" always starts a private one. The dashboard
+    and starts a private one otherwise; "local" always starts a private one. A joined cluster's
+    maximum size comes from Ray's own record of the autoscaler's config, else from the cluster
+    file (``cluster_file_path``), else it is what is up now. The dashboard
     stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner queries the state API
     through it, and without it trials stopped by ASHA keep their reservations.
     """
@@ -169,11 +195,20 @@ def init_ray(
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     now = {k: float(v) for k, v in ray.cluster_resources().items()}
     most, max_nodes = _cluster_maximum() if joined else (None, 0)
+    layout = _layout(cluster_file) if joined else None
+    if most is None and layout is not None:
+        most = layout.max_resources()
+        max_nodes = 1 + sum(layout.node_counts().values())
     alive = sum(1 for node in ray.nodes() if node.get("Alive"))
     if most is not None:  # what is up now may exceed the config (e.g. hand-started nodes)
         most = {k: max(most.get(k, 0.0), now.get(k, 0.0)) for k in set(most) | set(now)}
     return RayCluster(
-        joined=joined, now=now, most=most or now, alive_nodes=alive, max_nodes=max_nodes
+        joined=joined,
+        now=now,
+        most=most or now,
+        alive_nodes=alive,
+        max_nodes=max_nodes,
+        layout=layout,
     )
 
 
@@ -186,6 +221,15 @@ def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> in
     """
     scaling = space.fixed_config.scaling
     fits = max_concurrent_trials(cluster.capacity, scaling, cluster.driver_cpus)
+    if cluster.layout is not None:  # per node type: a worker cannot span two nodes
+        from reidsearch.search.cluster_file import how_many_trials_fit, worker_demand
+
+        fits = how_many_trials_fit(cluster.layout, scaling)
+        if fits == 0:
+            raise ReidSearchError(
+                f"{space.source}: resources: no node type of {cluster.layout.path} can ever "
+                f"run one trial ({scaling.workers} worker(s) of {worker_demand(scaling)})"
+            )
     autoscales = cluster.joined and cluster.most != cluster.now
     if fits == 0 and cluster.joined and not autoscales:
         print(

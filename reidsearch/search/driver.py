@@ -126,11 +126,12 @@ def run_search(
     tracking_uri: str | None = None,
     resume: bool = False,
     verbose: int = 1,
+    cluster_file: str | None = None,
 ) -> tuple[SearchPlan, tune.ResultGrid]:
     """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
     check_dataset(space)
-    cluster = init_ray(address, num_cpus=plan.local_cpus)
+    cluster = init_ray(address, num_cpus=plan.local_cpus, cluster_file=cluster_file)
     plan.max_concurrent = size_concurrency(space, cluster, plan.max_concurrent)
     check_shared_storage(space, cluster, plan.experiment_dir)
     check_writable(plan.experiment_dir, f"{space.source}: storage_path")
