@@ -217,24 +217,32 @@ class LocalAutoscalingCluster(AutoscalingCluster):
             raise RuntimeError(f"ray start --head failed:\n{out.stdout}\n{out.stderr}")
 
     def processes(self) -> list[int]:
-        """Pids of this cluster's live processes: the marker is in each one's environment."""
-        marker = f"{CLUSTER_MARKER}={self.root}".encode()
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-        return [pid for pid in pids if marker in _environ(pid)]
+        return marked_processes(self.root)
 
     def shutdown(self, grace: float = 10.0):
-        """``ray stop`` for this cluster only: SIGTERM raylets, then all but the GCS (the monitor
-        waits ~10 s on a dead GCS), then the GCS; SIGKILL what is left."""
-        rank = {"raylet": 0, "gcs_server": 2}  # the rest: 1; phase 3 SIGKILLs the leftovers
-        for phase in range(4):
-            exe = {p: Path(f"/proc/{p}/exe").resolve().name for p in self.processes()}
-            pids = [p for p, e in exe.items() if phase == 3 or rank.get(e, 1) == phase]
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL if phase == 3 else signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while set(pids) & set(self.processes()) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        stop_marked(self.root, grace)
+
+
+def marked_processes(root: Path) -> list[int]:
+    """Pids of one test cluster's live processes: the marker is in each one's environment."""
+    marker = f"{CLUSTER_MARKER}={root}".encode()
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    return [pid for pid in pids if marker in _environ(pid)]
+
+
+def stop_marked(root: Path, grace: float = 10.0) -> None:
+    """``ray stop`` for one test cluster only: SIGTERM raylets, then all but the GCS (the
+    monitor waits ~10 s on a dead GCS), then the GCS; SIGKILL what is left."""
+    rank = {"raylet": 0, "gcs_server": 2}  # the rest: 1; phase 3 SIGKILLs the leftovers
+    for phase in range(4):
+        exe = {p: Path(f"/proc/{p}/exe").resolve().name for p in marked_processes(root)}
+        pids = [p for p, e in exe.items() if phase == 3 or rank.get(e, 1) == phase]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL if phase == 3 else signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while set(pids) & set(marked_processes(root)) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 @dataclass
