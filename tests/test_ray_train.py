@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,42 @@ def test_a_diverged_run_stops_cleanly_and_is_not_retried(local_ray, tiny_config,
         raise_if_diverged(result, "nan")
     with pytest.raises(ReidSearchError, match="NaN or infinite"):
         train_on_ray(cfg, tmp_path, name="nan-cli")
+
+
+def test_inputs_are_prepared_once_and_shipped_through_the_object_store(
+    local_ray, tiny_config, tmp_path, monkeypatch
+):
+    """The driver's prepared dataset and starting weights reach a trial unchanged; a trial
+    whose searched settings change the data or the backbone prepares its own."""
+    from safetensors.torch import load_file, save_file
+
+    from reidsearch.engine.data import prepare_data
+    from reidsearch.modeling.backbone import build_backbone
+    from reidsearch.search.shipping import received_data, received_weights, ship_inputs
+
+    source = build_backbone("vit_tiny_patch16_224", (64, 32), depth=2, embed_dim=64, num_heads=2)
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    cfg = tiny_config(**{"model.weights": str(weights)})
+    shipment, _ = ship_inputs(cfg)
+    local = prepare_data(cfg.data)  # the driver's decoded cache file
+
+    monkeypatch.setenv("REIDSEARCH_CACHE", str(tmp_path / "other-node"))  # a node of its own
+    data = received_data(shipment, cfg)
+    np.testing.assert_array_equal(data.cache.images, local.cache.images)
+    assert not data.cache.images.flags.writeable  # shared, read-only object-store memory
+    assert data.manifest.equals(local.manifest)
+    assert data.query_leaks == 0 and data.num_classes == local.num_classes
+    assert not (tmp_path / "other-node" / "images").exists()  # nothing decoded there
+
+    file = received_weights(shipment, cfg)
+    assert file.parent == tmp_path / "other-node" / "weights"
+    shipped = load_file(str(file))
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(shipped[name], tensor), name
+    assert received_weights(shipment, cfg) == file  # written once per node
+
+    other_size = tiny_config(**{"model.weights": str(weights), "data.height": 96})
+    assert received_data(shipment, other_size) is None
+    assert received_weights(shipment, other_size) is None
+    assert received_weights(shipment, tiny_config()) is None  # random init: nothing to ship

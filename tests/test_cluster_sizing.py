@@ -1,0 +1,83 @@
+"""How many trials a search runs at once on a joined cluster, what it refuses up front, and where
+trial drivers go: decided from the cluster's maximum size, not from what is up at the start."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from reidsearch.errors import ReidSearchError
+from reidsearch.search.cluster import (
+    TRIAL_DRIVER_CPUS,
+    TRIAL_DRIVER_RESOURCE,
+    RayCluster,
+    check_shared_storage,
+    size_concurrency,
+)
+from reidsearch.search.cluster_file import load_cluster_file
+from reidsearch.search.space import load_search_space
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD_ONLY = {"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1000.0, "memory": 1e10}
+
+
+def _autoscaling_aws_cluster(alive_nodes: int = 1) -> RayCluster:
+    """The shipped cluster.yaml right after `ray up`: the head alone, no GPU node yet."""
+    layout = load_cluster_file(ROOT / "cluster.yaml")
+    return RayCluster(
+        joined=True,
+        now=HEAD_ONLY,
+        most=layout.max_resources(),
+        alive_nodes=alive_nodes,
+        max_nodes=1 + sum(layout.node_counts().values()),
+        layout=layout,
+    )
+
+
+def test_a_gpu_search_starts_on_a_cluster_with_zero_gpu_nodes(capsys):
+    space = load_search_space(ROOT / "search_spaces" / "latfpp.yaml")  # 1 GPU, 8 CPUs a trial
+    cluster = _autoscaling_aws_cluster()
+    assert size_concurrency(space, cluster, 4) == 4  # not refused, not lowered to "fits now"
+    assert "trials wait for the autoscaler" in capsys.readouterr().out
+    # The cluster's maximum (1 x 8-GPU node + 7 x 1-GPU nodes) caps a larger request.
+    assert size_concurrency(space, cluster, 40) == 15
+    # Trial drivers stay on the head, through its custom resource, and take no CPU there.
+    assert cluster.driver_resources == {"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1.0}
+
+
+def test_a_trial_no_node_type_can_run_is_refused_in_one_line(tmp_path):
+    space = load_search_space(ROOT / "search_spaces" / "latfpp.yaml")
+    huge = space.fixed_config.scaling.model_copy(update={"gpus_per_worker": 16.0})
+    space = dataclasses.replace(
+        space, fixed_config=space.fixed_config.model_copy(update={"scaling": huge})
+    )
+    with pytest.raises(ReidSearchError) as err:
+        size_concurrency(space, _autoscaling_aws_cluster(), 4)
+    message = str(err.value)
+    assert message.startswith(f"{space.source}: resources: no node type of ")
+    assert "cluster.yaml can ever run one trial" in message and "\n" not in message
+
+
+def test_an_embedded_local_ray_is_sized_by_what_it_has(capsys):
+    space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")  # 1 CPU a trial
+    local = RayCluster(
+        joined=False, now={"CPU": 2.0}, most={"CPU": 2.0}, alive_nodes=1, max_nodes=0
+    )
+    assert local.driver_resources == {"CPU": TRIAL_DRIVER_CPUS}
+    assert size_concurrency(space, local, 2) == 1  # 2 x (1 + 0.1) CPUs do not fit in 2
+    assert "lowering max_concurrent" in capsys.readouterr().out
+
+
+def test_local_storage_is_refused_only_where_nodes_do_not_share_a_disk():
+    space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")
+    cluster = _autoscaling_aws_cluster()
+    with pytest.raises(ReidSearchError, match=r"storage_path: /data/runs is a local folder"):
+        check_shared_storage(space, cluster, "/data/runs")
+    check_shared_storage(space, cluster, "s3://bucket/runs")
+    check_shared_storage(space, cluster, "file:///mnt/shared/runs")  # mounted on every node
+    one_machine = RayCluster(
+        joined=True, now={"CPU": 8.0}, most={"CPU": 8.0}, alive_nodes=1, max_nodes=0
+    )
+    check_shared_storage(space, one_machine, "/data/runs")
