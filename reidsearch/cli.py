@@ -39,7 +39,12 @@ def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
 
 
 def _data_folder(path: str) -> str:
-    """The absolute path of a ``--data`` folder (Ray workers run elsewhere), checked early."""
+    """The absolute path of a ``--data`` folder (Ray workers run elsewhere), checked early;
+    an ``s3://`` / ``gs://`` URI as it is (the search checks it before Ray starts)."""
+    from reidsearch.storage import is_uri
+
+    if is_uri(path):
+        return path
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
         raise ReidSearchError(f"{path}: --data: no such folder")
@@ -222,6 +227,8 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
         from reidsearch.search.space import load_search_space
 
         space = load_search_space(args.space)
+        if args.storage is not None:
+            space = dataclasses.replace(space, storage_path=args.storage)
         fits = check_space(cluster, space)
         shape = ", ".join(f"{v:g} {k}" for k, v in worker_demand(space.resources).items())
         print(
@@ -349,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("cluster", help="Ray cluster launcher YAML, e.g. cluster.yaml")
     q.add_argument("space", nargs="?", help="search-space YAML to check against the cluster")
+    q.add_argument("--storage", help="as `run --storage`: overrides the space's storage_path")
     q.set_defaults(func=cmd_cluster_check)
     return parser
 

@@ -89,3 +89,9 @@ def tiny_config():
         return TrialConfig.model_validate(tiny_config_dict(**overrides))
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the multi-node cluster tests last: they start many processes, and the single-machine
+    tests should not share the 2 CI cores with what those leave winding down."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

@@ -28,8 +28,8 @@ def running_ray_head(cpus: int):
     root = Path(tempfile.mkdtemp(prefix="rsh-", dir="/tmp"))
     env = {**os.environ, CLUSTER_MARKER: str(root), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", f"--num-cpus={cpus}", f"--port={free_port()}"]
+    dashboard, gcs = free_port(), free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", f"--num-cpus={cpus}", f"--port={gcs}"]
     cmd += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     cmd += [f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"]
     cmd += [f"--dashboard-agent-listen-port={free_port()}"]
@@ -39,6 +39,10 @@ def running_ray_head(cpus: int):
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         stop_marked(root)
+        # What `ray stop` does too: forget this head, so no later ray.init() tries to join it.
+        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if record.is_file() and record.read_text().strip().endswith(f":{gcs}"):
+            record.unlink()
 
 
 def test_run_joins_the_ray_running_on_this_machine(tmp_path):
