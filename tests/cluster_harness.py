@@ -272,6 +272,9 @@ def autoscaling_cluster(env=None, worker_cpus=1, max_workers=2, idle_timeout_min
         idle_timeout_minutes=idle_timeout_minutes,
     )
     address, dashboard = f"127.0.0.1:{cluster.port}", f"http://127.0.0.1:{cluster.dashboard_port}"
+    # One machine holds every node, so Ray's own lookups of "the" local cluster (Train's
+    # placement-group cleaner asks the state API) would find several GCS addresses: name it.
+    node_env["RAY_ADDRESS"] = address
     handle = ClusterHandle(address, dashboard, root, env, cluster)
     clean = False
     try:

@@ -5,8 +5,12 @@ zero and have their own disks, results go to S3 (a local moto server), MLflow is
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
@@ -47,20 +51,26 @@ def _space(path: Path, s3, mlflow_uri: str) -> Path:
     return path
 
 
-def test_a_search_scales_out_to_worker_nodes_and_logs_to_one_server(
-    ray_cluster, s3, mlflow_uri, tmp_path, monkeypatch
-):
-    from reidsearch.search.driver import run_search
-    from reidsearch.search.space import load_search_space
+def _run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`reidsearch ...` as a user runs it on the head: a fresh driver process (Ray Tune keeps
+    per-process registries that a second Ray session in one process would trip over)."""
+    full_env = {**os.environ, **env, "RAY_AUTH_MODE": "disabled"}
+    full_env.pop("RAY_ADDRESS", None)
+    command = [str(Path(sys.executable).parent / "reidsearch"), *args]
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True)
 
-    monkeypatch.chdir(tmp_path)  # nothing may land in the driver's working directory
+
+def test_a_search_scales_out_to_worker_nodes_and_logs_to_one_server(
+    ray_cluster, s3, mlflow_uri, tmp_path
+):
     head = ray.get_runtime_context().get_node_id()
     assert _worker_nodes() == []  # the cluster starts with the head alone (CPU 0)
 
-    space = load_search_space(_space(tmp_path / "cluster.yaml", s3, mlflow_uri))
+    _space(tmp_path / "cluster.yaml", s3, mlflow_uri)
     cluster_file = str(ray_cluster.root / "autoscaling.json")
-    plan, results = run_search(space, verbose=0, cluster_file=cluster_file)
-    assert len(results) == 4 and not results.errors
+    args = ["run", "cluster.yaml", "--address", ray_cluster.address, "--cluster", cluster_file]
+    run = _run_cli(args, tmp_path, ray_cluster.env)
+    assert run.returncode == 0, run.stderr[-4000:]
 
     # Every trial logged to the one server; each records the node it trained on.
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_uri)
@@ -77,11 +87,13 @@ def test_a_search_scales_out_to_worker_nodes_and_logs_to_one_server(
         assert "pictures/cmc.png" in pictures  # read from S3 through Ray's Checkpoint API
 
     # Results and checkpoints live in the bucket, not on any local disk.
-    assert plan.experiment_dir.startswith(s3.uri("runs/cluster-"))
-    state = json.loads(storage.read_text(storage.join(plan.experiment_dir, "mlflow_runs.json")))
-    assert len(state["trials"]) == 4
-    assert len(storage.list_dirs(plan.train_storage)) == 4
-    assert not (tmp_path / "reidsearch_runs").exists()
+    with mock.patch.dict(os.environ, s3.env):
+        (experiment,) = storage.list_dirs(s3.uri("runs"))
+        experiment_dir = s3.uri(f"runs/{experiment}")
+        state = json.loads(storage.read_text(storage.join(experiment_dir, "mlflow_runs.json")))
+        assert len(state["trials"]) == 4
+        assert len(storage.list_dirs(storage.join(experiment_dir, "train"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]
 
     # The dataset was decoded once, by the driver: no worker node decoded or generated it.
     records = list((storage.default_cache_root() / "images").glob("*.json"))
@@ -109,16 +121,12 @@ def _seed_11_root() -> str:
 
 
 def test_a_local_storage_path_is_refused_on_a_multi_node_cluster(ray_cluster, s3, tmp_path):
-    from reidsearch.errors import ReidSearchError
-    from reidsearch.search.driver import run_search
-    from reidsearch.search.space import load_search_space
-
-    path = _space(tmp_path / "local.yaml", s3, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    raw = yaml.safe_load(path.read_text())
-    raw["storage_path"] = str(tmp_path / "runs")
-    path.write_text(yaml.safe_dump(raw))
+    _space(tmp_path / "local.yaml", s3, f"sqlite:///{tmp_path / 'mlflow.db'}")
     cluster_file = str(ray_cluster.root / "autoscaling.json")
-    with pytest.raises(ReidSearchError, match=r"storage_path: .* is a local folder") as err:
-        run_search(load_search_space(path), verbose=0, cluster_file=cluster_file)
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "runs").exists()
+    args = ["run", "local.yaml", "--address", ray_cluster.address, "--cluster", cluster_file]
+    run = _run_cli([*args, "--storage", str(tmp_path / "runs")], tmp_path, ray_cluster.env)
+    assert run.returncode == 2, run.stderr[-4000:]
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("reidsearch: error")]
+    assert "local.yaml: storage_path: " in line and "is a local folder" in line
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
