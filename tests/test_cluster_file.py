@@ -125,26 +125,18 @@ def test_gpu_space_without_gpu_workers(capsys, tmp_path):
     _fails(capsys, path, space, names=("s.yaml", "resources.gpus_per_worker", str(path)))
 
 
-def test_worker_too_big_for_every_node_type(capsys, tmp_path):
-    space = _write(
-        tmp_path,
-        "s.yaml",
-        _space(
-            storage_path=S3, resources={"workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 500}
-        ),
-    )
-    _fails(capsys, CLUSTER, space, names=("s.yaml", "resources"))
-
-
-def test_trial_bigger_than_the_cluster(capsys, tmp_path):
-    space = _write(
-        tmp_path,
-        "s.yaml",
-        _space(
-            storage_path=S3, resources={"workers": 16, "gpus_per_worker": 1, "cpus_per_worker": 8}
-        ),
-    )
-    _fails(capsys, CLUSTER, space, names=("s.yaml", "resources.workers", "15"))
+@pytest.mark.parametrize(
+    ("resources", "names"),
+    [
+        # one worker fits no node type
+        ({"workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 500}, ("resources",)),
+        # the trial's workers exceed the whole cluster (15 GPUs at most)
+        ({"workers": 16, "gpus_per_worker": 1, "cpus_per_worker": 8}, ("resources.workers", "15")),
+    ],
+)
+def test_trial_that_no_cluster_size_holds(capsys, tmp_path, resources, names):
+    space = _write(tmp_path, "s.yaml", _space(storage_path=S3, resources=resources))
+    _fails(capsys, CLUSTER, space, names=("s.yaml", *names))
 
 
 def test_max_concurrent_too_big(capsys, tmp_path):
