@@ -32,6 +32,11 @@ class Capacity:
     cpus: float
     gpus: float
 
+    @classmethod
+    def of(cls, resources: dict[str, float]) -> Capacity:
+        """The CPUs and GPUs of a Ray resource dict (``ray.cluster_resources()`` shape)."""
+        return cls(cpus=resources.get("CPU", 0.0), gpus=resources.get("GPU", 0.0))
+
 
 def trial_demand(scaling: ScalingConfig, driver_cpus: float = TRIAL_DRIVER_CPUS) -> Capacity:
     return Capacity(
@@ -98,7 +103,8 @@ class RayCluster:
 
     @property
     def capacity(self) -> Capacity:
-        return Capacity(cpus=self.most.get("CPU", 0.0), gpus=self.most.get("GPU", 0.0))
+        """CPUs and GPUs at the cluster's maximum size."""
+        return Capacity.of(self.most)
 
     @property
     def multi_node(self) -> bool:
@@ -238,7 +244,7 @@ def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> in
         )
         return wanted
     check_fits(cluster.capacity, scaling, str(space.source), cluster.driver_cpus)
-    if max_concurrent_trials(Capacity(**_cpu_gpu(cluster.now)), scaling, cluster.driver_cpus) < 1:
+    if max_concurrent_trials(Capacity.of(cluster.now), scaling, cluster.driver_cpus) < 1:
         print("reidsearch: no node can run a trial yet; trials wait for the autoscaler")
     if fits < wanted:
         print(
@@ -260,7 +266,3 @@ def check_shared_storage(space: SearchSpace, cluster: RayCluster, experiment_dir
             f"cluster has or can add several nodes, which do not share this disk; use an "
             "s3:// or gs:// URI (or file:// for a folder every node mounts)"
         )
-
-
-def _cpu_gpu(resources: dict[str, float]) -> dict[str, float]:
-    return {"cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0)}
