@@ -151,7 +151,15 @@ def _layout(cluster_file: str | None) -> ClusterFile | None:
     from reidsearch.search.cluster_file import load_cluster_file
 
     path = cluster_file_path(cluster_file)
-    return load_cluster_file(path) if path is not None else None
+    if path is None:
+        return None
+    try:
+        return load_cluster_file(path)
+    except ReidSearchError as exc:
+        if cluster_file:  # named by the user: their file is wrong
+            raise
+        print(f"reidsearch: ignoring the cluster file found ({exc}); sizing by what is up")
+        return None
 
 
 def init_ray(
