@@ -81,3 +81,22 @@ def test_local_storage_is_refused_only_where_nodes_do_not_share_a_disk():
         joined=True, now={"CPU": 8.0}, most={"CPU": 8.0}, alive_nodes=1, max_nodes=0
     )
     check_shared_storage(space, one_machine, "/data/runs")
+
+
+def test_the_cluster_file_of_a_ray_up_head_is_found_and_a_broken_one_only_named(
+    tmp_path, monkeypatch, capsys
+):
+    from reidsearch.search.cluster import _layout, cluster_file_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("REIDSEARCH_CLUSTER_FILE", raising=False)
+    assert cluster_file_path(None) is None
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text((ROOT / "cluster.yaml").read_text())
+    assert cluster_file_path(None) == bootstrap
+    assert _layout(None).max_resources()["GPU"] == 15
+    bootstrap.write_text("max_workers: many\n")  # found by itself: named, then ignored
+    assert _layout(None) is None
+    assert "ignoring the cluster file found" in capsys.readouterr().out
+    with pytest.raises(ReidSearchError):  # named by the user: an error
+        _layout(str(bootstrap))
