@@ -82,7 +82,12 @@ def read_text(location: str) -> str:
 
 
 def write_text(location: str, text: str) -> None:
-    """Replace a small file whole: readers see the old or the new text, never a part.
+    """Replace a small text file whole (see ``write_bytes``)."""
+    write_bytes(location, text.encode())
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Replace a file whole: readers see the old or the new content, never a part.
 
     Object stores replace objects atomically; a local file is written aside and renamed.
     """
@@ -90,13 +95,13 @@ def write_text(location: str, text: str) -> None:
         target = Path(location)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, target)
         return
     filesys, path = filesystem(location)
     with filesys.open_output_stream(path) as stream:
-        stream.write(text.encode())
+        stream.write(data)
 
 
 def check_writable(location: str, what: str) -> None:

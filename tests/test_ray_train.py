@@ -131,7 +131,7 @@ def test_inputs_are_prepared_once_and_shipped_through_the_object_store(
     weights = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
     cfg = tiny_config(**{"model.weights": str(weights)})
-    shipment, _ = ship_inputs(cfg)
+    shipment = ship_inputs(cfg)
     local = prepare_data(cfg.data)  # the driver's decoded cache file
 
     monkeypatch.setenv("REIDSEARCH_CACHE", str(tmp_path / "other-node"))  # a node of its own

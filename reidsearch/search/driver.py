@@ -137,7 +137,7 @@ def run_search(
     check_writable(plan.experiment_dir, f"{space.source}: storage_path")
 
     fixed = space.fixed_config.model_dump()
-    shipment, _ = ship_inputs(space.fixed_config)
+    shipment = ship_inputs(space.fixed_config)
     settings = {
         "train_storage": plan.train_storage,
         "max_failures": space.max_failures,

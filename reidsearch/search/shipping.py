@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from reidsearch.config import ModelConfig, TrialConfig
 from reidsearch.data.cache import ImageCache
 from reidsearch.engine.data import PreparedData, assemble, data_identity, prepare_data
 from reidsearch.engine.evaluate import check_leaks
-from reidsearch.storage import default_cache_root
+from reidsearch.storage import default_cache_root, write_bytes
 
 OBJECT_STORE = Path("<ray object store>")
 
@@ -73,11 +71,11 @@ def _backbone_bytes(cfg: TrialConfig) -> bytes:
     return save({k: v.detach().contiguous() for k, v in backbone.state_dict().items()})
 
 
-def ship_inputs(cfg: TrialConfig, *, verbose: bool = True) -> tuple[Shipment, PreparedData]:
+def ship_inputs(cfg: TrialConfig) -> Shipment:
     """Prepare ``cfg``'s data (and starting weights) here, once, and put them in the object
     store. Also checks the split for query/gallery leaks once, for every trial."""
     prepared = prepare_data(cfg.data)
-    leaks = check_leaks(prepared) if verbose else 0
+    leaks = check_leaks(prepared)
     shipment = Shipment(
         data_identity=data_identity(cfg.data),
         manifest=ray.put(prepared.manifest),
@@ -93,7 +91,7 @@ def ship_inputs(cfg: TrialConfig, *, verbose: bool = True) -> tuple[Shipment, Pr
             weights=ray.put(blob),
             weights_sha=hashlib.sha256(blob).hexdigest()[:24],
         )
-    return shipment, prepared
+    return shipment
 
 
 def received_data(shipment: Shipment | None, cfg: TrialConfig) -> PreparedData | None:
@@ -113,11 +111,6 @@ def received_weights(shipment: Shipment | None, cfg: TrialConfig) -> Path | None
     if weights_identity(cfg) != shipment.weights_identity:
         return None
     final = default_cache_root() / "weights" / f"{shipment.weights_sha}.safetensors"
-    if final.is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}-", dir=final.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(ray.get(shipment.weights))
-    os.replace(tmp, final)  # concurrent trials write identical bytes; any one wins
+    if not final.is_file():  # concurrent trials write identical bytes; any one wins
+        write_bytes(str(final), ray.get(shipment.weights))
     return final

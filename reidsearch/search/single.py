@@ -38,7 +38,7 @@ def train_on_ray(
             "cluster do not share; train on one machine (--address local) or run a search "
             "with an s3:// storage_path"
         )
-    shipment, _ = ship_inputs(cfg)
+    shipment = ship_inputs(cfg)
     trainer = build_torch_trainer(
         cfg, name=name, storage_path=output, verbose=True, shipment=shipment
     )
