@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -147,23 +148,19 @@ def download(location: str, target: Path, what: str) -> Path:
         info = filesys.get_file_info(path)
         if info.type == fs.FileType.NotFound:
             raise ReidSearchError(f"{location}: {what}: no such file or folder")
-        local = fs.LocalFileSystem()
-        if info.type == fs.FileType.Directory:
-            fs.copy_files(
-                path, str(staging / "d"), source_filesystem=filesys, destination_filesystem=local
-            )
-            os.replace(staging / "d", target)
-        else:
-            fs.copy_files(
-                path, str(staging / "f"), source_filesystem=filesys, destination_filesystem=local
-            )
-            os.replace(staging / "f", target)
+        copy = staging / "copy"  # copy_files takes a file or a whole folder alike
+        fs.copy_files(
+            path, str(copy), source_filesystem=filesys, destination_filesystem=fs.LocalFileSystem()
+        )
+        try:
+            os.replace(copy, target)
+        except OSError:
+            if not target.exists():
+                raise  # else another process published the same copy first
     except ReidSearchError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ReidSearchError(f"{location}: {what}: cannot download ({first_line(exc)})") from None
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return target
