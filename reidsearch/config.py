@@ -18,6 +18,12 @@ from reidsearch.errors import ConfigError
 from reidsearch.storage import absolute, is_uri
 
 LAYOUTS = ("latfpp", "market1501", "dukemtmc", "msmt17", "generic")
+Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
+# The per-query retrieval metrics an evaluation gives (each the mean over valid queries), and
+# what an objective may rank by (those plus the training loss): the one list of metric names.
+QUERY_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+OBJECTIVE_METRICS = (*QUERY_METRICS, "loss")
+ObjectiveMetric = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -40,7 +46,7 @@ def _local_absolute(value: str | None) -> str | None:
 class SyntheticConfig(_Strict):
     """Parameters of the built-in synthetic re-ID generator (the embedded default dataset)."""
 
-    layout: Literal["latfpp", "market1501", "dukemtmc", "msmt17", "generic"] = "latfpp"
+    layout: Layout = "latfpp"
     ids: int = Field(40, ge=2, description="identities in train (and as many in test)")
     test_ids: int | None = Field(None, ge=1, description="identities in query/gallery")
     cameras: int = Field(2, ge=2)
@@ -62,7 +68,7 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     """Where the images come from and at which resolution the model sees them."""
 
-    layout: Literal["latfpp", "market1501", "dukemtmc", "msmt17", "generic"] = "latfpp"
+    layout: Layout = "latfpp"
     root: str | None = Field(
         None, description="dataset folder or s3:// / gs:// URI; None uses `synthetic`"
     )
@@ -173,6 +179,29 @@ class ScalingConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0.0)
 
 
+class ObjectiveConfig(_Strict):
+    """The one score of a run: the number Optuna is told, ASHA compares, the leaderboard sorts by
+    and the kept checkpoint is chosen by.
+
+    ``reduce: best`` scores a run by its best evaluated epoch so far, ``last`` by its latest.
+    ``bound: true`` scores the pessimistic end of the metric's 95% bootstrap interval (the
+    lower end when maximising), so that a lucky run on a small query set is not crowned.
+    """
+
+    metric: ObjectiveMetric = "mAP"
+    mode: Literal["max", "min"] | None = None
+    reduce: Literal["best", "last"] = "best"
+    bound: bool = False
+
+    @model_validator(mode="after")
+    def _default_mode(self) -> ObjectiveConfig:
+        if self.mode is None:
+            self.mode = "min" if self.metric == "loss" else "max"
+        if self.bound and self.metric not in QUERY_METRICS:
+            raise ValueError(f"bound: {self.metric} has no confidence interval")
+        return self
+
+
 class TrialConfig(_Strict):
     """Everything one training run needs; resolved (no distributions) and serialisable."""
 
@@ -185,6 +214,10 @@ class TrialConfig(_Strict):
     scaling: ScalingConfig = ScalingConfig()
     epochs: int = Field(30, ge=1)
     seed: int = 0
+    repeats: int = Field(
+        1, ge=1, description="train seeds seed..seed+N-1 side by side; score by their mean"
+    )
+    objective: ObjectiveConfig = ObjectiveConfig()
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     compile: bool = False
     output_dir: str | None = Field(None, description="checkpoints; default ./reidsearch_runs")
