@@ -56,7 +56,8 @@ from reidsearch.data.manifest import manifest_root
 from reidsearch.data.sampler import PKSampler
 from reidsearch.data.synthetic import generate_synthetic
 from reidsearch.engine.data import PreparedData, prepare_data
-from reidsearch.engine.trainer import ImageSource, build_optimizer, train_step
+from reidsearch.engine.optim import build_optimizer
+from reidsearch.engine.seed_run import ImageSource, train_step
 from reidsearch.modeling import ReIDLoss, ReIDModel, backbone_token_grid, build_backbone, build_head
 
 Batch = tuple[torch.Tensor, torch.Tensor]

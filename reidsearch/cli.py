@@ -106,9 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = train_on_ray(
             cfg, output, name=args.name or Path(args.config).stem, address=args.address
         )
+    objective = cfg.objective
     print(
-        f"best mAP {100 * best['mAP']:.1f}% at epoch {best['epoch']}; "
-        f"model written to {best['path']}"
+        f"score ({objective.metric}, {objective.reduce} epoch) {best['score']:.4f} "
+        f"at epoch {best['epoch']}; model written to {best['path']}"
     )
     return 0
 
@@ -163,8 +164,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         cluster_file=args.cluster,
     )
-    name, rows = fetch_leaderboard(plan.tracking_uri, plan.experiment, top=args.top)
-    print(format_leaderboard(name, rows))
+    from reidsearch.storage import basename
+
+    board = fetch_leaderboard(
+        plan.tracking_uri, plan.experiment, search=basename(plan.experiment_dir), top=args.top
+    )
+    print(format_leaderboard(board))
     print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
     if results.num_errors == len(results):
         from reidsearch.errors import first_line
@@ -183,10 +188,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
     from reidsearch.search.tracking_uri import default_tracking_uri
 
-    name, rows = fetch_leaderboard(
-        args.tracking_uri or default_tracking_uri(), args.experiment, top=args.top
+    board = fetch_leaderboard(
+        args.tracking_uri or default_tracking_uri(),
+        args.experiment,
+        search=args.search,
+        all_searches=args.all,
+        top=args.top,
     )
-    print(format_leaderboard(name, rows))
+    print(format_leaderboard(board))
     return 0
 
 
@@ -318,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="print the best trials of a search from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: the newest)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--search", help="a search's folder name (e.g. quickstart-20261125-101500) or run id"
+    )
+    which.add_argument("--all", action="store_true", help="every search of the experiment")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--tracking-uri")
     p.set_defaults(func=cmd_leaderboard)

@@ -8,8 +8,11 @@ the file and the dotted key.
 from __future__ import annotations
 
 import copy
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -111,9 +114,19 @@ class ModelConfig(_Strict):
     num_heads: int | None = Field(None, ge=1)
     head: Literal["latf", "latfpp"] = "latfpp"
     lam: float = Field(8.0, ge=0.0, description="GELT: G_i = (cls + lam * row_i) / (1 + lam)")
-    bottleneck_dim: int = Field(256, ge=8)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    feature: str = Field("default", description="test-time feature name of the head")
+    neck: Literal["bottleneck", "bnneck"] = Field(
+        "bottleneck",
+        description="bottleneck: LA-TF's Linear-BN-Dropout-Linear (feature bottleneck_bn); "
+        "bnneck: BoT's BN (no bias) + bias-free Linear (feature bnneck, the default "
+        "test feature; triplet on the pre-BN feature)",
+    )
+    bottleneck_dim: int = Field(256, ge=8, description="neck: bottleneck only")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="neck: bottleneck only")
+    feature: str = Field(
+        "default",
+        description="test-time feature of the head; default: latf rows, latfpp global, "
+        "or bnneck with neck: bnneck",
+    )
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
 
     _paths = field_validator("weights")(_absolute)
@@ -126,7 +139,14 @@ class LossConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     triplet_weight: float = Field(0.0, ge=0.0)
     triplet_margin: float | None = Field(0.3, ge=0.0, description="None = soft margin")
-    row_reduction: Literal["mean", "sum"] = "mean"
+    row_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="per-classifier CE: sum (the LA-TF original) or mean; same for latfpp"
+    )
+    triplet_feature: Literal["retrieval", "fused_mean"] = Field(
+        "retrieval",
+        description="retrieval: model.feature before its final L2 norm (pre-BN with a bnneck); "
+        "fused_mean: the mean fused vector",
+    )
 
     @model_validator(mode="after")
     def _some_loss(self) -> LossConfig:
@@ -179,6 +199,26 @@ class ScalingConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0.0)
 
 
+class DDPConfig(_Strict):
+    """What ``workers > 1`` means for the loss, BatchNorm and learning rate (no effect on 1).
+
+    By default each rank mines triplets in its own P x K batch, keeps its own BatchNorm
+    statistics and trains at ``optim.lr`` although the global batch is ``workers`` times larger.
+    Every option is off by default: runs keep the behaviour that earlier results were produced
+    with, each option costs collectives per step (SyncBatchNorm: GPUs only), and no scaling rule
+    is right for every optimiser (linear is the SGD rule, sqrt often suits Adam), so
+    ``lr_scaling`` is a setting to search rather than a silent default.
+    """
+
+    cross_rank_mining: bool = Field(
+        False, description="mine each rank's anchors against every rank's batch"
+    )
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over the global batch")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="lr times workers (linear) or sqrt(workers) (sqrt)"
+    )
+
+
 class ObjectiveConfig(_Strict):
     """The one score of a run: the number Optuna is told, ASHA compares, the leaderboard sorts by
     and the kept checkpoint is chosen by.
@@ -212,6 +252,7 @@ class TrialConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     eval: EvalConfig = EvalConfig()
     scaling: ScalingConfig = ScalingConfig()
+    ddp: DDPConfig = DDPConfig()
     epochs: int = Field(30, ge=1)
     seed: int = 0
     repeats: int = Field(
@@ -230,6 +271,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")  # our own validators' messages are complete
     more = len(err.errors()) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {key}: {msg}{suffix}"
@@ -278,9 +321,46 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def with_overrides(config: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
-    """Return a new validated config with dotted-key overrides applied (searched values)."""
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    origin = typing.get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def setting_types(key: str) -> tuple[Any, ...] | None:
+    """The types the dotted TrialConfig setting ``key`` accepts (the members of its annotation),
+    or None when ``key`` names no setting: a misspelt key is then reported by its own name,
+    before validation would report it as a nested "unknown key" or a missing field."""
+    model: type[BaseModel] | None = TrialConfig
+    members: tuple[Any, ...] = ()
+    for part in key.split("."):
+        if model is None or part not in model.model_fields:
+            return None
+        members = _union_members(model.model_fields[part].annotation)
+        model = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+    return members
+
+
+def with_overrides(
+    config: TrialConfig,
+    overrides: Mapping[str, Any],
+    source: str = "<overrides>",
+    where: str | None = None,
+) -> TrialConfig:
+    """``config`` with flat dotted-key overrides (``{"model.lam": 7.5}``) applied and validated.
+
+    The one way searched values, CLI flags and Tune trial configs become settings, so all of them
+    are checked alike. Errors are one line, ``SOURCE: [WHERE: ]key: message``, naming the file
+    (and e.g. the ``points_to_evaluate`` entry) the values came from.
+    """
+    prefix = f"{source}: {where}" if where else source
     data = copy.deepcopy(config.model_dump())
     for key, value in overrides.items():
-        set_dotted(data, key, value)
-    return trial_config_from_dict(data, "<overrides>")
+        if not isinstance(key, str) or setting_types(key) is None:
+            raise ConfigError(f"{prefix}: {key}: not a TrialConfig setting")
+        try:
+            set_dotted(data, key, value)
+        except ConfigError:
+            raise ConfigError(f"{prefix}: {key}: parent setting is not a mapping") from None
+    return trial_config_from_dict(data, prefix)

@@ -10,12 +10,8 @@ import torch
 from reidsearch.config import OptimConfig, UnfreezeConfig
 from reidsearch.engine.data import prepare_data
 from reidsearch.engine.evaluate import evaluate_model
-from reidsearch.engine.trainer import (
-    TrainingDiverged,
-    lr_factor,
-    train,
-    trainable_blocks,
-)
+from reidsearch.engine.optim import lr_factor, trainable_blocks
+from reidsearch.engine.trainer import TrainingDiverged, train
 from reidsearch.modeling import build_model
 
 
@@ -82,10 +78,10 @@ def test_resume_continues_epoch_optimizer_and_matches_an_uninterrupted_run(tiny_
         train(cfg, report, data=data)
     state = saved[-1]
     assert state["epoch"] == 2
-    steps_done = state["scheduler"]["last_epoch"]
+    steps_done = state["runs"][0]["scheduler"]["last_epoch"]
     resumed, resumed_payloads = _run(cfg, data, resume=state)
     assert [h["epoch"] for h in resumed] == [3, 4]
-    final = resumed_payloads[-1].state
+    final = resumed_payloads[-1].state["runs"][0]
     assert final["scheduler"]["last_epoch"] == 2 * steps_done  # lr schedule continued
     adam_steps = {int(s["step"]) for s in final["optimizer"]["state"].values()}
     assert adam_steps == {2 * steps_done}  # optimiser moments continued, not restarted
@@ -93,6 +89,7 @@ def test_resume_continues_epoch_optimizer_and_matches_an_uninterrupted_run(tiny_
     for a, b in zip(full[2:], resumed, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)  # the score continued too
 
 
 @pytest.mark.parametrize("head", ["latf", "latfpp"])
@@ -114,7 +111,7 @@ def test_every_loss_combination_of_the_loss_table_trains(
 
 
 def test_nan_loss_stops_the_trial(tiny_config, data, monkeypatch):
-    import reidsearch.engine.trainer as trainer_module
+    import reidsearch.engine.seed_run as trainer_module
 
     real = trainer_module.ReIDLoss
 

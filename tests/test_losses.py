@@ -77,6 +77,7 @@ def _output(num_rows: int, batch: int = 4, classes: int = 3) -> ReIDOutput:
     return ReIDOutput(
         logits=[torch.randn(batch, classes) for _ in range(num_rows)],
         embedding=torch.randn(batch, 8),
+        fused_mean=torch.randn(batch, 6),
     )
 
 
@@ -104,7 +105,44 @@ def test_reid_loss_combines_parts(reduction):
 def test_reid_loss_triplet_only_uses_embedding():
     out, labels = _output(1), torch.tensor([0, 0, 1, 1])
     out.embedding.requires_grad_(True)
+    out.fused_mean.requires_grad_(True)
     total, parts = ReIDLoss(LossConfig(ce_weight=0.0, triplet_weight=1.0))(out, labels)
     assert parts["ce"].item() == 0.0
     total.backward()
-    assert out.embedding.grad is not None
+    assert out.embedding.grad is not None and out.fused_mean.grad is None
+
+
+def test_triplet_feature_fused_mean_takes_the_fused_mean():
+    out, labels = _output(2), torch.tensor([0, 0, 1, 1])
+    cfg = LossConfig(ce_weight=0.0, triplet_weight=1.0, triplet_feature="fused_mean")
+    _, parts = ReIDLoss(cfg)(out, labels)
+    assert parts["triplet"].item() == pytest.approx(
+        batch_hard_triplet(out.fused_mean, labels, 0.3).item(), abs=1e-6
+    )
+    assert LossConfig().triplet_feature == "retrieval"
+    out.fused_mean = None
+    with pytest.raises(ValueError, match="fused_mean"):
+        ReIDLoss(cfg)(out, labels)
+
+
+def _ce_by_hand(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-sample ``-(1 - eps) log p_y - eps * mean_c log p_c``, averaged over the batch."""
+    shifted = logits - logits.max(dim=1, keepdim=True).values
+    log_p = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+    nll = -log_p[torch.arange(len(labels)), labels]
+    return ((1 - eps) * nll - eps * log_p.mean(dim=1)).mean()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_row_reduction_sum_and_mean_against_hand_computation(eps):
+    out, labels = _output(5, batch=6, classes=4), torch.tensor([0, 1, 2, 3, 0, 1])
+    rows = [_ce_by_hand(lg.double(), labels, eps).item() for lg in out.logits]
+    for reduction, expected in (("sum", sum(rows)), ("mean", sum(rows) / len(rows))):
+        cfg = LossConfig(label_smoothing=eps, row_reduction=reduction)
+        total, parts = ReIDLoss(cfg)(out, labels)
+        assert parts["ce"].item() == pytest.approx(expected, abs=1e-5), reduction
+        assert total.item() == pytest.approx(expected, abs=1e-5)
+    one = _output(1, batch=6, classes=4)  # one classifier (latfpp): sum == mean
+    s = ReIDLoss(LossConfig(row_reduction="sum"))(one, labels)[0]
+    m = ReIDLoss(LossConfig(row_reduction="mean"))(one, labels)[0]
+    assert s.item() == pytest.approx(m.item(), abs=1e-7)

@@ -187,12 +187,12 @@ def test_rerank_flag_runs_and_returns_metrics() -> None:
 
 @pytest.mark.parametrize("dense_above", [0.0, 1.0])
 def test_ties_exact_on_both_paths(dense_above: float) -> None:
-    from reidsearch.evaluation.metrics import _chunk_ranks
+    from reidsearch.evaluation.ranking import chunk_ranks
 
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5, 0.9], [0.2, 0.2, 0.2, 0.7, 0.0, 0.2]])
     pq = torch.tensor([0, 0, 1, 1])
     pg = torch.tensor([2, 5, 1, 5])
-    row, rank, above = _chunk_ranks(scores, pq, pg, 3, dense_above)
+    row, rank, above = chunk_ranks(scores, pq, pg, 3, dense_above)
     got = sorted(zip(row.tolist(), rank.tolist(), above.tolist(), strict=True))
     # Row 0: order 1,5,0,2,4,3 -> positive 5 at rank 2, positive 2 at rank 4.
     # Row 1: order 3,0,1,2,5,4 -> positive 1 at rank 3, positive 5 at rank 5.

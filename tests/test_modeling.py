@@ -66,7 +66,8 @@ def test_classifier_block_structure():
     ]
     x = torch.randn(3, 16)
     assert block(x).shape == (3, 5)
-    assert block.bnneck(x).shape == (3, 8)
+    assert block.neck(x).shape == (3, 8)
+    assert torch.allclose(block(x), block.classify(block.neck(x)))
 
 
 def test_head_registry_and_logits_count():
@@ -75,11 +76,13 @@ def test_head_registry_and_logits_count():
     latf = build_head("latf", 16, 7, 5, lam=8.0, bottleneck_dim=8, dropout=0.1)
     out = latf(c, rows)
     assert len(out.logits) == 7 and all(lg.shape == (4, 5) for lg in out.logits)
-    assert torch.allclose(out.embedding, gelt_fuse(c, rows, 8.0).mean(1), atol=1e-6)
+    assert torch.allclose(out.fused_mean, gelt_fuse(c, rows, 8.0).mean(1), atol=1e-6)
+    assert out.embedding.shape == (4, 7 * 16)  # the default "rows" feature
     pp = build_head("latfpp", 16, 7, 5, lam=8.0, bottleneck_dim=8, dropout=0.1)
     out = pp(c, rows)
     assert len(out.logits) == 1 and out.logits[0].shape == (4, 5)
     assert torch.allclose(out.embedding, gelt_fuse(c, rows, 8.0).mean(1), atol=1e-6)
+    assert torch.allclose(out.fused_mean, out.embedding)
     with pytest.raises(ConfigError, match="model.head"):
         build_head("nope", 16, 7, 5)
 
@@ -94,7 +97,8 @@ def test_rows_follow_input_size(size, grid, head):
     assert model.grid == grid
     out = model(torch.randn(2, 3, *size))
     assert len(out.logits) == (grid[0] if head == "latf" else 1)
-    assert out.embedding.shape == (2, 32)
+    assert out.fused_mean.shape == (2, 32)
+    assert out.embedding.shape == (2, 32 * (grid[0] if head == "latf" else 1))
 
 
 def test_backbone_basics():
@@ -109,27 +113,44 @@ def test_backbone_basics():
         build_backbone("resnet18")
 
 
-FEATURE_DIMS = {
+BASE_DIMS = {
     "latf": {"rows": 4 * 32, "fused_rows": 4 * 32, "global": 32, "cls": 32},
-    "latfpp": {"global": 32, "bnneck": 8, "fused_rows": 4 * 32, "cls": 32},
+    "latfpp": {"global": 32, "fused_rows": 4 * 32, "cls": 32},
+}
+# the neck feature: one vector per classifier block (4 rows for latf), bottleneck_dim=8 wide for
+# the bottleneck, embed_dim=32 wide for BoT's BNNeck
+NECK_DIMS = {
+    ("latf", "bottleneck"): {"bottleneck_bn": 4 * 8},
+    ("latf", "bnneck"): {"bnneck": 4 * 32},
+    ("latfpp", "bottleneck"): {"bottleneck_bn": 8},
+    ("latfpp", "bnneck"): {"bnneck": 32},
+}
+DEFAULTS = {
+    ("latf", "bottleneck"): "rows",
+    ("latfpp", "bottleneck"): "global",
+    ("latf", "bnneck"): "bnneck",
+    ("latfpp", "bnneck"): "bnneck",
 }
 
 
+@pytest.mark.parametrize("neck", ["bottleneck", "bnneck"])
 @pytest.mark.parametrize("head", ["latf", "latfpp"])
-def test_every_feature_is_normalised_with_documented_size(head):
-    model = build_model(tiny_cfg(head=head, bottleneck_dim=8), num_classes=3, img_size=(64, 32))
+def test_every_feature_is_normalised_with_documented_size(head, neck):
+    cfg = tiny_cfg(head=head, neck=neck, bottleneck_dim=8)
+    model = build_model(cfg, num_classes=3, img_size=(64, 32))
     model.eval()
     x = torch.randn(3, 3, 64, 32)
-    assert set(model.head.feature_names) == set(FEATURE_DIMS[head])
+    dims = {**BASE_DIMS[head], **NECK_DIMS[head, neck]}
+    assert set(model.head.feature_names) == set(dims)
     with torch.no_grad():
-        for name, dim in FEATURE_DIMS[head].items():
+        for name, dim in dims.items():
             feat = model.extract(x, name)
             assert feat.shape == (3, dim), name
             assert model.feature_dim(name) == dim
             assert torch.allclose(feat.norm(dim=1), torch.ones(3), atol=1e-5), name
         default = model.extract(x)
-    expected_default = "rows" if head == "latf" else "global"
-    assert torch.allclose(default, model.extract(x, expected_default))
+    assert model.feature == DEFAULTS[head, neck]
+    assert torch.allclose(default, model.extract(x, DEFAULTS[head, neck]))
 
 
 def test_latf_rows_feature_is_the_original_test_feature():
@@ -142,10 +163,15 @@ def test_latf_rows_feature_is_the_original_test_feature():
 
 
 def test_unknown_feature_names_model_feature():
-    with pytest.raises(ConfigError, match=r"model\.feature.*bnneck"):
+    with pytest.raises(ConfigError, match=r"model\.feature.*bottleneck_bn"):
         build_model(tiny_cfg(head="latfpp", feature="wat"), num_classes=3, img_size=(64, 32))
-    with pytest.raises(ConfigError, match=r"model\.feature"):
+    with pytest.raises(ConfigError, match=r"model\.feature: 'bnneck' needs model\.neck: bnneck"):
         build_model(tiny_cfg(head="latf", feature="bnneck"), num_classes=3, img_size=(64, 32))
+    with pytest.raises(ConfigError, match=r"'bottleneck_bn' needs model\.neck: bottleneck"):
+        cfg = tiny_cfg(head="latfpp", neck="bnneck", feature="bottleneck_bn")
+        build_model(cfg, num_classes=3, img_size=(64, 32))
+    with pytest.raises(ConfigError, match=r"model\.neck"):
+        build_head("latf", 16, 7, 5, neck="wat")
 
 
 def test_freeze_leaves_last_blocks_and_head_trainable():

@@ -95,13 +95,13 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
         tracking_uri=plan.tracking_uri,
     )
     summary = json.loads(Path(summary_file).read_text())
-    assert len(summary) == 3 and summary[0]["mAP"] == max(row["mAP"] for row in summary)
+    assert len(summary) == 3 and summary[0]["score"] == max(row["score"] for row in summary)
 
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
 
     for child in children:  # the untrained model was scored once, before training
         assert 0 < child.data.metrics["untrained_mAP"] < 1
-    board = format_leaderboard(*fetch_leaderboard(plan.tracking_uri, "e2e", top=5))
+    board = format_leaderboard(fetch_leaderboard(plan.tracking_uri, "e2e", top=5))
     assert "untrained model" in board and board.count("finished") == 3
 
     # --resume of the finished search re-runs nothing and adds no MLflow runs.
@@ -139,8 +139,10 @@ def test_asha_stops_a_bad_trial_early(local_ray, tmp_path):
     assert any(c.data.tags.get("stopped_early") == "True" for c in children)
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
 
-    name, rows = fetch_leaderboard(plan.tracking_uri, "asha", top=10)
-    assert len(rows) == 4 and "stopped" in format_leaderboard(name, rows)
+    board = fetch_leaderboard(plan.tracking_uri, "asha", top=10)
+    assert len(board.rows) == 4 and "stopped" in format_leaderboard(board)
+    scores = [row["score"] for row in board.rows]
+    assert scores == sorted(scores)  # a loss objective: lowest first
 
 
 def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():

@@ -1,4 +1,5 @@
-"""Search-space YAML: shipped spaces, validation errors, Optuna define-by-run, grid, resolve."""
+"""Search-space YAML: shipped spaces, validation errors, Optuna define-by-run, grid, resolve,
+the objective and repeats, and the one function that applies dotted overrides."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reidsearch.config import TrialConfig
+from reidsearch.config import (
+    LAYOUTS,
+    OBJECTIVE_METRICS,
+    ObjectiveConfig,
+    TrialConfig,
+    with_overrides,
+)
 from reidsearch.errors import ConfigError
 from reidsearch.search.space import SearchSpace, load_search_space
 
@@ -125,7 +132,7 @@ def test_table1_grid_is_the_four_loss_combinations() -> None:
     assert len(combos) == 4
     assert pairs == {(0.0, 0.0), (0.1, 0.0), (0.0, 1.0), (0.1, 1.0)}
     assert space.total_trials() == 4 * space.trials
-    assert all(space.resolve(c).model.head == "latfpp" for c in combos)
+    assert all(space.resolve(c).model.head == "latf" for c in combos)  # the report ran LA-TF
 
 
 # --------------------------------------------------------------------------- defaults / resolve
@@ -165,6 +172,38 @@ def test_loss_objective_defaults_to_min(tmp_path: Path) -> None:
     assert space.mode == "min"
 
 
+def test_objective_and_repeats_are_copied_into_every_trial_config(tmp_path: Path) -> None:
+    space = load_text(
+        tmp_path,
+        """\
+        fixed: {seed: 7}
+        objective: {metric: rank1, reduce: last, bound: true}
+        repeats: 3
+        search:
+          model.lam: {type: uniform, low: 1, high: 2}
+        """,
+    )
+    assert space.objective == ObjectiveConfig(metric="rank1", mode="max", reduce="last", bound=True)
+    assert space.fixed_config.objective == space.objective
+    assert (space.metric, space.mode, space.repeats) == ("rank1", "max", 3)
+    assert space.fixed_config.repeats == 3 and space.fixed_config.seed == 7
+    cfg = space.resolve({"model.lam": 1.5})
+    assert cfg.repeats == 3 and cfg.objective.reduce == "last" and cfg.objective.bound
+    text = space.describe()
+    assert "objective: max rank1 (last evaluated epoch, lower end of its 95% bootstrap" in text
+    assert "repeats: 3 (seeds seed..seed+2 side by side" in text
+    assert space.with_data_root("/data/x").repeats == 3  # a copy keeps them
+
+
+def test_objective_and_repeats_defaults(tmp_path: Path) -> None:
+    space = load_text(tmp_path, "objective: {metric: mINP, mode: min, bound: true}\n")
+    assert space.objective.reduce == "best" and space.repeats == 1
+    assert space.fixed_config.repeats == 1
+    text = space.describe()
+    assert "objective: min mINP (best evaluated epoch, upper end of its 95%" in text
+    assert "repeats: 1 (one seed per configuration)" in text
+
+
 def test_resources_override_fixed_scaling(tmp_path: Path) -> None:
     space = load_text(
         tmp_path,
@@ -192,6 +231,56 @@ def test_resolve_applies_dotted_overrides_and_validates(tmp_path: Path) -> None:
         space.resolve({"model.lamda": 1.0})
     with pytest.raises(ConfigError, match=r"loss: .*nothing to train"):
         space.resolve({"loss.ce_weight": 0.0, "loss.triplet_weight": 0.0})
+
+
+def test_with_overrides_is_the_one_way_and_names_source_where_and_key() -> None:
+    base = TrialConfig()
+    cfg = with_overrides(base, {"model.lam": 2.5, "optim.unfreeze.every": 3})
+    assert (cfg.model.lam, cfg.optim.unfreeze.every) == (2.5, 3)
+    assert base.model.lam == 8.0  # not mutated
+    cases = [
+        ({"model.lamda": 1.0}, "f.yaml: p.0: model.lamda: not a TrialConfig setting"),
+        ({"model.lam.x": 1.0}, "f.yaml: p.0: model.lam.x: not a TrialConfig setting"),
+        ({"model.lam": -1.0}, "f.yaml: p.0: model.lam: Input should be greater than or equal"),
+        (
+            {"loss.ce_weight": 0.0},
+            "f.yaml: p.0: loss: ce_weight and triplet_weight are both 0: nothing to train",
+        ),
+    ]
+    for overrides, start in cases:
+        with pytest.raises(ConfigError) as err:
+            with_overrides(base, overrides, "f.yaml", "p.0")
+        assert str(err.value).startswith(start), str(err.value)
+        assert "\n" not in str(err.value) and "Value error" not in str(err.value)
+    on_disk = base.model_copy(update={"data": base.data.model_copy(update={"root": "/d"})})
+    on_disk = on_disk.model_copy(
+        update={"data": on_disk.data.model_copy(update={"synthetic": None})}
+    )
+    with pytest.raises(ConfigError, match=r"^<overrides>: data\.synthetic\.ids: parent setting"):
+        with_overrides(on_disk, {"data.synthetic.ids": 5})
+
+
+def test_resolve_and_probes_share_the_override_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "points_to_evaluate: [{model.lam: 0.5}]\n")
+    space = load_search_space(path)
+    with pytest.raises(ConfigError) as err:
+        space.resolve({"model.lam": 20.0, "model.dropout": 1.0}, where="points_to_evaluate.3")
+    assert str(err.value).startswith(f"{path}: points_to_evaluate.3: model.dropout: ")
+    bad = write(tmp_path, "search: {model.dropout: {type: choice, values: [0.1, 1.0]}}\n", "b.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_search_space(bad)
+    assert str(err.value).startswith(f"{bad}: search.model.dropout: value 1.0 is rejected: ")
+
+
+# --------------------------------------------------------------------------- one list of names
+
+
+def test_every_layout_has_a_parser_and_the_space_ranks_by_the_config_metrics(tmp_path) -> None:
+    from reidsearch.data.parsers import PARSERS
+
+    assert tuple(PARSERS) == LAYOUTS
+    for metric in OBJECTIVE_METRICS:
+        assert load_text(tmp_path, f"objective: {{metric: {metric}}}\n").metric == metric
 
 
 # --------------------------------------------------------------------------- optuna / grid
@@ -285,7 +374,7 @@ def test_grid_respects_conditions(tmp_path: Path) -> None:
     assert {"model.head": "latf", "loss.triplet_weight": 0.0} in combos
     assert all(("loss.triplet_margin" in c) == (c["loss.triplet_weight"] > 0) for c in combos)
     assert space.total_trials() == 12 and space.num_samples() == 2
-    assert "grid, 6 combinations x 2 repeats = 12 trials" in space.describe()
+    assert "grid, 6 combinations x 2 trials each = 12 trials" in space.describe()
 
 
 def test_grid_rejected_for_optuna_space_with_ranges(tmp_path: Path) -> None:
@@ -315,6 +404,20 @@ BAD = [
     ("trials: many\n", "trials", "integer"),
     ("max_concurrent: 0\n", "max_concurrent", "greater than or equal"),
     ("objective: {metric: accuracy}\n", "objective.metric", "mAP"),
+    ("objective: {reduce: mean}\n", "objective.reduce", "'best' or 'last'"),
+    ("objective: {bound: maybe}\n", "objective.bound", "boolean"),
+    ("objective: {metric: loss, bound: true}\n", "objective", "no confidence interval"),
+    ("objective: {metric: mAP, direction: max}\n", "objective.direction", "unknown key"),
+    ("repeats: 0\n", "repeats", "greater than or equal to 1"),
+    ("repeats: two\n", "repeats", "integer"),
+    ("fixed: {repeats: 3}\n", "fixed.repeats", "top-level repeats: key"),
+    ("fixed: {objective: {metric: rank1}}\n", "fixed.objective", "top-level objective: key"),
+    ("search: {repeats: {type: int, low: 1, high: 3}}\n", "search.repeats", "top-level repeats"),
+    (
+        "search: {objective.reduce: {type: choice, values: [best, last]}}\n",
+        "search.objective.reduce",
+        "top-level objective",
+    ),
     ("scheduler: {type: hyperband}\n", "scheduler.type", "asha"),
     ("scheduler: {type: none, grace_period: 3}\n", "scheduler.grace_period", "only used"),
     ("fixed: {epochs: 4}\nscheduler: {grace_period: 5}\n", "scheduler.grace_period", "max_t"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from reidsearch.config import Layout
 from reidsearch.data.manifest import SPLITS, make_manifest
 from reidsearch.errors import DatasetError
 
@@ -178,7 +179,8 @@ def _parse_generic(root: Path, camera_regex: str | None = None) -> list[Row]:
     return [{"path": p, "pid": pid, "camid": index[c], "split": s} for p, pid, c, s in raw]
 
 
-PARSERS: dict[str, Parser] = {
+# one parser for each of reidsearch.config.LAYOUTS (tests/test_space.py checks it)
+PARSERS: dict[Layout, Parser] = {
     "latfpp": _parse_latfpp,
     "market1501": _parse_market1501,
     "dukemtmc": _parse_dukemtmc,

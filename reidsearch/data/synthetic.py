@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from reidsearch.config import SyntheticConfig
+from reidsearch.config import LAYOUTS, SyntheticConfig
 from reidsearch.data.manifest import SPLITS
 from reidsearch.storage import default_cache_root
 
@@ -419,7 +419,7 @@ def generate_synthetic(
     a test person's first image in every camera is a query, the rest are gallery. Market-style
     layouts add junk (pid -1) and distractor (pid 0) gallery images. Same arguments, same bytes.
     """
-    if layout not in ("latfpp", "market1501", "dukemtmc", "msmt17", "generic"):
+    if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
     if ids < 1 or cameras < 2 or images_per_camera < 1:
         raise ValueError("need ids >= 1, cameras >= 2 and images_per_camera >= 1")

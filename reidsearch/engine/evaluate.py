@@ -9,18 +9,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidsearch.config import EvalConfig
+from reidsearch.config import QUERY_METRICS, EvalConfig
 from reidsearch.data.augment import BatchAugment
 from reidsearch.engine.data import PreparedData
 from reidsearch.evaluation import evaluate
 from reidsearch.evaluation.features import extract_features
 
-SCALAR_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP", "num_valid_queries")
+SCALAR_METRICS = (*QUERY_METRICS, "num_valid_queries")
 
 
 @dataclass
 class EvalOutput:
     metrics: dict[str, float]
+    per_query: dict[str, np.ndarray]  # each metric per valid query (what intervals resample)
     cmc: np.ndarray
     query_features: torch.Tensor
     gallery_features: torch.Tensor
@@ -81,7 +82,11 @@ def evaluate_model(
     )
     metrics = {key: float(result[key]) for key in SCALAR_METRICS}
     return EvalOutput(
-        metrics=metrics, cmc=np.asarray(result["cmc"]), query_features=qf, gallery_features=gf
+        metrics=metrics,
+        per_query=result["per_query"],
+        cmc=np.asarray(result["cmc"]),
+        query_features=qf,
+        gallery_features=gf,
     )
 
 

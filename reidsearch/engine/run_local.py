@@ -49,7 +49,7 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
     resume = load_checkpoint(last_dir / STATE_FILE) if (last_dir / STATE_FILE).is_file() else None
     if resume is not None:
         previous = TrialConfig.model_validate(resume["config"])
-        for section in ("data", "model", "loss", "sampler"):
+        for section in ("data", "model", "loss", "sampler", "repeats", "objective"):
             if getattr(previous, section) != getattr(cfg, section):
                 raise ReidSearchError(
                     f"{run_dir}: an earlier run named {name!r} used other {section} settings; "
@@ -57,18 +57,17 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
                 )
         print(f"resuming {name} from epoch {resume['epoch']}")
     data = prepare_data(cfg.data)
-    best = {"mAP": -1.0, "epoch": 0, "path": best_dir / MODEL_FILE}
-    if resume is not None and (best_dir / MODEL_FILE).is_file():
-        previous = load_checkpoint(best_dir / MODEL_FILE)
-        best.update(mAP=previous["metrics"]["mAP"], epoch=previous["epoch"])
+    best: dict[str, Any] = {"score": float("nan"), "epoch": 0, "path": best_dir / MODEL_FILE}
+    if resume is not None and resume.get("scorer", {}).get("score") is not None:
+        best.update(score=resume["scorer"]["score"], epoch=resume["scorer"]["epoch"])
 
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
         print(format_epoch(metrics), flush=True)
         if payload is None:  # an epoch without evaluation: nothing to save
             return
         payload.write(last_dir)
-        if metrics["mAP"] > best["mAP"]:
-            best.update(mAP=metrics["mAP"], epoch=int(metrics["epoch"]))
+        if payload.state["scored_here"]:  # the run's score now comes from this epoch
+            best.update(score=metrics["score"], epoch=int(metrics["epoch"]))
             export_best_model(payload.state, last_dir, best_dir)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidsearch.evaluation.metrics import matmul_t, orderable_bits, single_thread
+from reidsearch.evaluation.tensors import as_float_tensor, matmul_t, orderable_bits, single_thread
 
 
 class _FeatureDistance:
@@ -285,11 +285,6 @@ def _rerank(
     return out
 
 
-def _to_tensor(x: Any, device: torch.device | None) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    return t.to(device=device, dtype=torch.float32)
-
-
 def _finish(out: torch.Tensor, like: Any) -> Any:
     return out if isinstance(like, torch.Tensor) else out.cpu().numpy()
 
@@ -311,7 +306,7 @@ def re_rank(
     """
     if device is None:
         device = qf.device if isinstance(qf, torch.Tensor) else torch.device("cpu")
-    q, g = _to_tensor(qf, torch.device(device)), _to_tensor(gf, torch.device(device))
+    q, g = as_float_tensor(qf, torch.device(device)), as_float_tensor(gf, torch.device(device))
     with torch.inference_mode(), single_thread(q.device.type == "cpu"):
         dist = _FeatureDistance(torch.cat([q, g], 0))
         out = _rerank(dist, q.shape[0], k1, k2, lambda_value, chunk_size, max_pairs)
@@ -336,7 +331,9 @@ def re_rank_dist(
     dev = torch.device(device)
     with torch.inference_mode(), single_thread(dev.type == "cpu"):
         dist = _MatrixDistance(
-            _to_tensor(q_g_dist, dev), _to_tensor(q_q_dist, dev), _to_tensor(g_g_dist, dev)
+            as_float_tensor(q_g_dist, dev),
+            as_float_tensor(q_q_dist, dev),
+            as_float_tensor(g_g_dist, dev),
         )
         out = _rerank(dist, dist.nq, k1, k2, lambda_value, chunk_size, max_pairs)
     return _finish(out, q_g_dist)

@@ -7,6 +7,8 @@ from reidsearch.modeling.backbone import (
 )
 from reidsearch.modeling.heads import (
     HEADS,
+    NECKS,
+    BNNeck,
     ClassifierBlock,
     ReIDOutput,
     build_head,
@@ -24,6 +26,8 @@ from reidsearch.modeling.weights import WeightsError, load_backbone_weights
 
 __all__ = [
     "HEADS",
+    "NECKS",
+    "BNNeck",
     "ClassifierBlock",
     "ReIDLoss",
     "ReIDModel",

@@ -10,6 +10,11 @@ LA-TF++ report's text says lambda = 0.8 and calls it the weight of the CLS token
 formula that would be lam = 1 / 0.8 = 1.25. lam = 0 gives the class token only, large lam the
 rows only. Averaging rows of fused patch tokens (as the original code does) equals fusing the
 averaged rows, since the fusion is linear.
+
+Each classifier block has a neck (``model.neck``): ``bottleneck`` is the LA-TF original
+(Linear -> BN -> Dropout -> Linear; its BN output is the ``bottleneck_bn`` feature), ``bnneck``
+is BoT's BNNeck (a BN without bias on the embedding, bias-free Linear; the triplet
+loss takes the pre-BN feature, the classifier and retrieval the post-BN ``bnneck`` feature).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from reidsearch.errors import ConfigError
 
 __all__ = [
     "HEADS",
+    "NECKS",
+    "BNNeck",
     "ClassifierBlock",
     "LATFHead",
     "LATFPPHead",
@@ -42,11 +49,17 @@ class ReIDOutput:
     """What a head returns in training.
 
     ``logits``: one (B, C) tensor per classifier (one per row for latf, one for latfpp).
-    ``embedding``: (B, D) global fused vector ``mean_i G_i``, the triplet loss input.
+    ``embedding``: the triplet input of ``loss.triplet_feature: retrieval``: the configured test
+    feature (``model.feature``) before its final L2 normalisation, so that the triplet loss
+    shapes the space retrieval ranks in; with BoT's BNNeck its pre-BN counterpart (BoT puts
+    the triplet before the BN, classifier and retrieval after it).
+    ``fused_mean``: (B, D) the mean fused vector ``mean_i G_i`` (``triplet_feature:
+    fused_mean``, the earlier triplet input of every head).
     """
 
     logits: list[torch.Tensor]
     embedding: torch.Tensor
+    fused_mean: torch.Tensor | None = None
 
 
 def gelt_fuse(cls_token: torch.Tensor, row_tokens: torch.Tensor, lam: float) -> torch.Tensor:
@@ -69,10 +82,13 @@ def _normed_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 class ClassifierBlock(nn.Module):
-    """Linear -> BatchNorm1d -> Dropout -> Linear, as the original (no ReLU).
+    """Neck ``bottleneck`` (LA-TF original): Linear -> BatchNorm1d -> Dropout -> Linear, no ReLU.
 
-    The BN output is the "bnneck" vector, a common re-ID test feature.
+    Its BN output, a ``bottleneck_dim`` projection, is the ``bottleneck_bn`` feature; this is
+    not BoT's BNNeck (see :class:`BNNeck`).
     """
+
+    feature = "bottleneck_bn"
 
     def __init__(
         self, in_dim: int, num_classes: int, bottleneck_dim: int = 256, dropout: float = 0.5
@@ -82,17 +98,56 @@ class ClassifierBlock(nn.Module):
         self.bn = nn.BatchNorm1d(bottleneck_dim)
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(bottleneck_dim, num_classes)
+        self.out_dim = bottleneck_dim
         nn.init.kaiming_normal_(self.bottleneck.weight, mode="fan_out")
         nn.init.zeros_(self.bottleneck.bias)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
 
-    def bnneck(self, x: torch.Tensor) -> torch.Tensor:
+    def neck(self, x: torch.Tensor) -> torch.Tensor:
+        """The BN output (the ``bottleneck_bn`` feature)."""
         return self.bn(self.bottleneck(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.drop(self.bnneck(x)))
+    def classify(self, neck: torch.Tensor) -> torch.Tensor:
+        """Logits from a ``neck`` output (so a training step runs the BN once)."""
+        return self.classifier(self.drop(neck))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.neck(x))
+
+
+class BNNeck(nn.Module):
+    """Neck ``bnneck`` (Luo et al., "Bag of Tricks"): BatchNorm1d on the embedding itself, then a
+    bias-free Linear classifier; the BN output is the ``bnneck`` feature.
+
+    BoT freezes the BN bias at zero so the BN only centres and scales, keeping the pre-BN
+    (triplet) and post-BN (classifier) spaces aligned. Here the BN has no bias at all: a
+    non-affine BN times a learnt ``scale``, so no optimiser, ``requires_grad_(True)``
+    (blockwise unfreezing) or SyncBatchNorm conversion can bring one back.
+    """
+
+    feature = "bnneck"
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_dim, affine=False)
+        self.scale = nn.Parameter(torch.ones(in_dim))
+        self.classifier = nn.Linear(in_dim, num_classes, bias=False)
+        self.out_dim = in_dim
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def neck(self, x: torch.Tensor) -> torch.Tensor:
+        """The BN output (the ``bnneck`` feature)."""
+        return self.bn(x) * self.scale
+
+    def classify(self, neck: torch.Tensor) -> torch.Tensor:
+        return self.classifier(neck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.neck(x))
+
+
+NECKS: dict[str, str] = {"bottleneck": ClassifierBlock.feature, "bnneck": BNNeck.feature}
 
 HEADS: dict[str, type[nn.Module]] = {}
 
@@ -111,11 +166,15 @@ def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 
 class _LocallyAwareHead(nn.Module):
-    """Shared parts: GELT fusion and the features every head offers."""
+    """Shared parts: GELT fusion, the classifier blocks (one neck each) and the features.
+
+    A head names its classifier inputs (``_classifier_inputs``) and how per-block vectors form
+    one feature (``_neck_form``); the neck feature and its pre-BN counterpart follow from these.
+    """
 
     name: str = ""
-    feature_names: tuple[str, ...] = ()
-    default_feature: str = ""
+    base_features: tuple[str, ...] = ()
+    base_default: str = ""
 
     def __init__(
         self,
@@ -126,15 +185,36 @@ class _LocallyAwareHead(nn.Module):
         lam: float = 8.0,
         bottleneck_dim: int = 256,
         dropout: float = 0.5,
+        neck: str = "bottleneck",
     ) -> None:
         super().__init__()
+        if neck not in NECKS:
+            raise ConfigError(f"model.neck: unknown neck {neck!r} (choose from {', '.join(NECKS)})")
         self.embed_dim = embed_dim
         self.num_rows = num_rows
         self.lam = float(lam)
         self.bottleneck_dim = bottleneck_dim
+        self.neck = neck
+        self.neck_feature = NECKS[neck]
+        self.feature_names = (*self.base_features, self.neck_feature)
+        self.default_feature = self.neck_feature if neck == "bnneck" else self.base_default
         self._build_classifiers(num_classes, bottleneck_dim, dropout)
 
+    def _block(self, num_classes: int, bottleneck_dim: int, dropout: float) -> nn.Module:
+        if self.neck == "bnneck":
+            return BNNeck(self.embed_dim, num_classes)
+        return ClassifierBlock(self.embed_dim, num_classes, bottleneck_dim, dropout)
+
     def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
+        raise NotImplementedError
+
+    def _blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _classifier_inputs(self, fused: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _neck_form(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
     def fuse(self, cls_token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -144,21 +224,20 @@ class _LocallyAwareHead(nn.Module):
 
     def feature_dim(self, name: str) -> int:
         """Length of the named test feature (before the final L2 normalisation)."""
-        dims = {
-            "rows": self.num_rows * self.embed_dim,
-            "fused_rows": self.num_rows * self.embed_dim,
-            "global": self.embed_dim,
-            "cls": self.embed_dim,
-        }
-        dims.update(self._extra_dims())
-        return dims[self._check_feature(name)]
-
-    def _extra_dims(self) -> dict[str, int]:
-        return {}
+        name = self._check_feature(name)
+        if name == self.neck_feature:  # one neck vector per block, concatenated
+            return sum(b.out_dim for b in self._blocks())
+        return {"rows": self.num_rows, "fused_rows": self.num_rows}.get(name, 1) * self.embed_dim
 
     def _check_feature(self, name: str) -> str:
         if name == "default":
             return self.default_feature
+        if name in NECKS.values() and name != self.neck_feature:
+            neck = next(k for k, v in NECKS.items() if v == name)
+            raise ConfigError(
+                f"model.feature: {name!r} needs model.neck: {neck} (this head's neck is "
+                f"{self.neck}, whose feature is {self.neck_feature!r})"
+            )
         if name not in self.feature_names:
             raise ConfigError(
                 f"model.feature: {name!r} is not a feature of head {self.name!r} "
@@ -166,64 +245,93 @@ class _LocallyAwareHead(nn.Module):
             )
         return name
 
-    def features(self, cls_token: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
-        """The named test-time feature, L2-normalised, (B, F)."""
-        name = self._check_feature(name)
+    def _feature(
+        self, name: str, cls_token: torch.Tensor, rows: torch.Tensor, fused: torch.Tensor
+    ) -> torch.Tensor:
+        """The named feature before the final L2 normalisation (``name`` already checked)."""
         if name == "rows":
             return _normed_rows(rows)
         if name == "cls":
-            return F.normalize(cls_token, dim=-1)
-        fused = self.fuse(cls_token, rows)
+            return cls_token
         if name == "fused_rows":
             return _normed_rows(fused)
         if name == "global":
-            return F.normalize(fused.mean(dim=1), dim=-1)
-        return F.normalize(self._extra_feature(name, fused), dim=-1)
+            return fused.mean(dim=1)
+        inputs = self._classifier_inputs(fused)
+        return self._neck_form([b.neck(x) for b, x in zip(self._blocks(), inputs, strict=True)])
 
-    def _extra_feature(self, name: str, fused: torch.Tensor) -> torch.Tensor:
-        raise ConfigError(f"model.feature: {name!r} is not a feature of head {self.name!r}")
+    def features(self, cls_token: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
+        """The named test-time feature, L2-normalised, (B, F)."""
+        name = self._check_feature(name)
+        fused = self.fuse(cls_token, rows)
+        return F.normalize(self._feature(name, cls_token, rows, fused), dim=-1)
+
+    def forward(
+        self, cls_token: torch.Tensor, rows: torch.Tensor, feature: str = "default"
+    ) -> ReIDOutput:
+        """Logits of every block, and the triplet inputs for the retrieval ``feature``.
+
+        Each BN runs once (a second call in training would update its running stats twice).
+        """
+        name = self._check_feature(feature)
+        fused = self.fuse(cls_token, rows)
+        inputs = self._classifier_inputs(fused)
+        blocks = self._blocks()
+        necks = [b.neck(x) for b, x in zip(blocks, inputs, strict=True)]
+        logits = [b.classify(z) for b, z in zip(blocks, necks, strict=True)]
+        if name != self.neck_feature:
+            embedding = self._feature(name, cls_token, rows, fused)
+        elif self.neck == "bnneck":
+            embedding = self._neck_form(inputs)  # BoT: the triplet loss before the BN
+        else:
+            embedding = self._neck_form(necks)
+        return ReIDOutput(logits=logits, embedding=embedding, fused_mean=fused.mean(dim=1))
 
 
 @register_head("latf")
 class LATFHead(_LocallyAwareHead):
-    """LA-TF: an ensemble of one classifier per patch row, each on its fused row G_i."""
+    """LA-TF: an ensemble of one classifier per patch row, each on its fused row G_i.
 
-    feature_names = ("rows", "fused_rows", "global", "cls")
-    default_feature = "rows"
+    Its neck feature is the per-row neck outputs, each L2-normalised and divided by sqrt(rows),
+    flattened (the same form as the LA-TF ``rows`` test feature).
+    """
+
+    base_features = ("rows", "fused_rows", "global", "cls")
+    base_default = "rows"
 
     def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
         self.classifiers = nn.ModuleList(
-            ClassifierBlock(self.embed_dim, num_classes, bottleneck_dim, dropout)
-            for _ in range(self.num_rows)
+            self._block(num_classes, bottleneck_dim, dropout) for _ in range(self.num_rows)
         )
 
-    def forward(self, cls_token: torch.Tensor, rows: torch.Tensor) -> ReIDOutput:
-        fused = self.fuse(cls_token, rows)
-        logits = [clf(fused[:, i]) for i, clf in enumerate(self.classifiers)]
-        return ReIDOutput(logits=logits, embedding=fused.mean(dim=1))
+    def _blocks(self) -> list[nn.Module]:
+        return list(self.classifiers)
+
+    def _classifier_inputs(self, fused: torch.Tensor) -> list[torch.Tensor]:
+        return list(fused.unbind(dim=1))
+
+    def _neck_form(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return _normed_rows(torch.stack(vectors, dim=1))
 
 
 @register_head("latfpp")
 class LATFPPHead(_LocallyAwareHead):
     """LA-TF++: mean of the fused rows -> one global vector -> one classifier."""
 
-    feature_names = ("global", "bnneck", "fused_rows", "cls")
-    default_feature = "global"
+    base_features = ("global", "fused_rows", "cls")
+    base_default = "global"
 
     def _build_classifiers(self, num_classes: int, bottleneck_dim: int, dropout: float) -> None:
-        self.classifier = ClassifierBlock(self.embed_dim, num_classes, bottleneck_dim, dropout)
+        self.classifier = self._block(num_classes, bottleneck_dim, dropout)
 
-    def forward(self, cls_token: torch.Tensor, rows: torch.Tensor) -> ReIDOutput:
-        embedding = self.fuse(cls_token, rows).mean(dim=1)
-        return ReIDOutput(logits=[self.classifier(embedding)], embedding=embedding)
+    def _blocks(self) -> list[nn.Module]:
+        return [self.classifier]
 
-    def _extra_dims(self) -> dict[str, int]:
-        return {"bnneck": self.bottleneck_dim}
+    def _classifier_inputs(self, fused: torch.Tensor) -> list[torch.Tensor]:
+        return [fused.mean(dim=1)]
 
-    def _extra_feature(self, name: str, fused: torch.Tensor) -> torch.Tensor:
-        if name == "bnneck":
-            return self.classifier.bnneck(fused.mean(dim=1))
-        return super()._extra_feature(name, fused)
+    def _neck_form(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return vectors[0]
 
 
 def build_head(
@@ -235,10 +343,17 @@ def build_head(
     lam: float = 8.0,
     bottleneck_dim: int = 256,
     dropout: float = 0.5,
+    neck: str = "bottleneck",
 ) -> nn.Module:
     """Instantiate a registered head by name (ConfigError naming ``model.head`` if unknown)."""
     if name not in HEADS:
         raise ConfigError(f"model.head: unknown head {name!r} (choose from {', '.join(HEADS)})")
     return HEADS[name](
-        embed_dim, num_rows, num_classes, lam=lam, bottleneck_dim=bottleneck_dim, dropout=dropout
+        embed_dim,
+        num_rows,
+        num_classes,
+        lam=lam,
+        bottleneck_dim=bottleneck_dim,
+        dropout=dropout,
+        neck=neck,
     )

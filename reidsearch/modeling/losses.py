@@ -1,10 +1,14 @@
 """Re-ID losses: label-smoothed cross entropy and batch-hard triplet on embeddings (CPU-safe).
 
-The original LA-TF++ code applied the triplet loss to logits; here it takes the embedding
-(``ReIDOutput.embedding``, the global fused vector), and needs P x K batches to find positives.
+The original LA-TF++ code applied the triplet loss to logits; here it takes a feature chosen by
+``loss.triplet_feature``: ``retrieval`` (default) the configured test feature before its final
+L2 normalisation (pre-BN with BoT's BNNeck), ``fused_mean`` the mean fused vector. It needs
+P x K batches to find positives.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,32 +34,45 @@ def cross_entropy_label_smoothing(
     return ((1.0 - eps) * nll + eps * uniform).mean()
 
 
-def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (B, B), with a clamped sqrt so gradients stay finite at 0."""
+def pairwise_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Euclidean distances (B, B), or (B, N) to ``y``, with a clamped sqrt so gradients stay
+    finite at 0."""
     x = x.float()
-    sq = x.pow(2).sum(dim=1)
-    d2 = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * x @ x.t()
+    y = x if y is None else y.float()
+    d2 = x.pow(2).sum(dim=1).unsqueeze(1) + y.pow(2).sum(dim=1).unsqueeze(0) - 2.0 * x @ y.t()
     return d2.clamp_min(1e-12).sqrt()
 
 
 def batch_hard_triplet(
-    embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = 0.3
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | None = 0.3,
+    candidates: torch.Tensor | None = None,
+    candidate_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batch-hard triplet loss: per anchor, farthest positive vs nearest negative.
 
     ``relu(d_ap - d_an + margin)``, or ``softplus(d_ap - d_an)`` when ``margin`` is None,
     averaged over the anchors that have another sample of their identity and a sample of another
     one (zero, still differentiable, when no anchor qualifies).
+
+    ``candidates``/``candidate_labels`` (cross-rank mining): positives and negatives come from
+    them instead; their first ``len(embeddings)`` rows must be the anchors themselves (as
+    ``engine.distributed.mining_gather`` returns them), which keeps each anchor out of its own
+    positives.
     """
-    dist = pairwise_distances(embeddings)
     labels = labels.view(-1)
-    same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    if candidates is None:
+        candidates, candidate_labels = embeddings, labels
+    candidate_labels = candidate_labels.view(-1)
+    dist = pairwise_distances(embeddings, candidates)
+    same = labels.unsqueeze(1) == candidate_labels.unsqueeze(0)
+    eye = torch.eye(*same.shape, dtype=torch.bool, device=labels.device)
     pos = same & ~eye
     neg = ~same
     valid = pos.any(dim=1) & neg.any(dim=1)
-    if not valid.any():
-        return embeddings.sum() * 0.0
+    if not valid.any():  # still a function of the candidates: other ranks' backward waits on it
+        return (embeddings.sum() + candidates.sum()) * 0.0
     d_ap = dist.masked_fill(~pos, float("-inf")).amax(dim=1)[valid]
     d_an = dist.masked_fill(~neg, float("inf")).amin(dim=1)[valid]
     if margin is None:
@@ -64,14 +81,30 @@ def batch_hard_triplet(
 
 
 class ReIDLoss:
-    """``ce_weight * CE_rows + triplet_weight * triplet(embedding)``, from a ``LossConfig``.
+    """``ce_weight * CE_rows + triplet_weight * triplet(feature)``, from a ``LossConfig``.
 
     CE_rows is the mean (or sum, as the original LA-TF) over classifiers of the per-classifier
-    label-smoothed cross entropy.
+    label-smoothed cross entropy; with one classifier (latfpp) both are the same.
     """
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(
+        self,
+        cfg: LossConfig,
+        gather: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
+    ) -> None:
+        """``gather`` (``engine.distributed.mining_gather``): mine this rank's anchors against
+        every rank's batch; None mines within the local batch."""
         self.cfg = cfg
+        self.gather = gather
+
+    def triplet_input(self, output: ReIDOutput) -> torch.Tensor:
+        """The (B, F) feature the triplet loss compares, by ``loss.triplet_feature``."""
+        if self.cfg.triplet_feature == "retrieval":
+            return output.embedding
+        if output.fused_mean is None:
+            raise ValueError("loss.triplet_feature: fused_mean: this head gives no fused mean")
+        return output.fused_mean
 
     def __call__(
         self, output: ReIDOutput, labels: torch.Tensor
@@ -93,7 +126,9 @@ class ReIDLoss:
             total = total + cfg.ce_weight * ce
             parts["ce"] = ce.detach()
         if cfg.triplet_weight > 0:
-            tri = batch_hard_triplet(output.embedding, labels, cfg.triplet_margin)
+            feature = self.triplet_input(output)
+            pool = self.gather(feature, labels) if self.gather is not None else (None, None)
+            tri = batch_hard_triplet(feature, labels, cfg.triplet_margin, *pool)
             total = total + cfg.triplet_weight * tri
             parts["triplet"] = tri.detach()
         parts["total"] = total.detach()

@@ -17,8 +17,9 @@ __all__ = ["ReIDModel", "ReIDOutput", "build_model", "freeze_backbone_blocks"]
 class ReIDModel(nn.Module):
     """Backbone tokens -> class token ``c`` and row tokens ``L`` -> head.
 
-    ``forward`` gives the training outputs (logits per classifier, triplet embedding);
-    ``extract`` gives an L2-normalised test-time feature by name.
+    ``forward`` gives the training outputs (logits per classifier, and the triplet inputs that
+    go with the configured test feature); ``extract`` gives an L2-normalised test-time feature
+    by name.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, feature: str = "default") -> None:
@@ -49,7 +50,7 @@ class ReIDModel(nn.Module):
         return cls_token, rows
 
     def forward(self, x: torch.Tensor) -> ReIDOutput:
-        return self.head(*self.tokens(x))
+        return self.head(*self.tokens(x), feature=self.feature)
 
     def extract(self, x: torch.Tensor, feature: str = "default") -> torch.Tensor:
         """L2-normalised (B, F) features; "default" is the configured ``model.feature``."""
@@ -82,6 +83,7 @@ def build_model(cfg: ModelConfig, num_classes: int, img_size: tuple[int, int]) -
         lam=cfg.lam,
         bottleneck_dim=cfg.bottleneck_dim,
         dropout=cfg.dropout,
+        neck=cfg.neck,
     )
     return ReIDModel(backbone, head, cfg.feature)
 

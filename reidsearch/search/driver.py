@@ -14,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from reidsearch.engine.scoring import SCORE_KEY
 from reidsearch.search.cluster import (
     check_shared_storage,
     init_ray,
@@ -73,8 +74,6 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
         name=f"train_{trial_id}",  # stable across trial restarts: checkpoints are found again
         storage_path=settings["train_storage"],
         max_failures=settings["max_failures"],
-        objective=settings["objective"],
-        mode=settings["mode"],
         callbacks=[TuneReportCallback()],
         shipment=settings.get("shipment"),
     )
@@ -110,7 +109,7 @@ def _searcher(space: SearchSpace, max_concurrent: int) -> Any:
     startup = max(2, min(10, space.trials // 3))
     searcher = PruneAwareOptunaSearch(
         space=space.optuna_define_by_run(),
-        metric=space.objective.metric,
+        metric=SCORE_KEY,
         mode=space.objective.mode,
         points_to_evaluate=space.points_to_evaluate or None,
         sampler=TPESampler(seed=space.seed, n_startup_trials=startup),
@@ -141,8 +140,6 @@ def run_search(
     settings = {
         "train_storage": plan.train_storage,
         "max_failures": space.max_failures,
-        "objective": space.objective.metric,
-        "mode": space.objective.mode,
         "shipment": shipment,
     }
     trainable = tune.with_resources(
@@ -157,8 +154,7 @@ def run_search(
         train_storage=plan.train_storage,
         space_file=str(space.source),
         fixed=fixed,
-        objective=space.objective.metric,
-        mode=space.objective.mode,
+        objective=space.fixed_config.objective,
         log_checkpoint=space.mlflow.log_checkpoint,
         full_epochs=full_length(space),
     )
@@ -186,7 +182,7 @@ def run_search(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=space.objective.metric,
+                metric=SCORE_KEY,
                 mode=space.objective.mode,
                 search_alg=_searcher(space, plan.max_concurrent),
                 scheduler=_scheduler(space),

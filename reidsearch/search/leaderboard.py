@@ -1,97 +1,219 @@
-"""The leaderboard: the best trials of a search, read back from MLflow."""
+"""The leaderboard: the trials of one search (by default the latest), read back from MLflow and
+sorted by the search's own objective, with the score's interval and the rows that cannot be
+told apart from the best."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
+from reidsearch.config import ObjectiveConfig
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, interval_keys
 from reidsearch.errors import ReidSearchError
-from reidsearch.search.tracking import KIND_TAG
+from reidsearch.search.tracking import (
+    KIND_TAG,
+    OBJECTIVE_TAG,
+    PARENT_TAG,
+    SCORED_PREFIX,
+)
+
+EXPERIMENT_DIR_TAG = "reidsearch.experiment_dir"
 
 
-def fetch_leaderboard(
-    tracking_uri: str, experiment: str | None, top: int = 10, metric: str = "best_mAP"
-) -> tuple[str, list[dict[str, Any]]]:
-    """Trial runs of ``experiment`` (default: the most recently created one), best first."""
-    from mlflow.tracking import MlflowClient
+@dataclass
+class Leaderboard:
+    """Rows of trials, best first, and what they were ranked by."""
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if experiment is None:
-        experiments = [e for e in client.search_experiments() if e.name != "Default"]
-        if not experiments:
-            raise ReidSearchError(
-                f"{tracking_uri}: no reidsearch experiments yet "
-                "(run `reidsearch run SPACE.yaml` first)"
-            )
-        found = max(experiments, key=lambda e: e.creation_time or 0)
-    else:
+    experiment: str
+    searches: list[str]  # the searches shown (their folder names), newest first
+    objective: ObjectiveConfig
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    untrained: dict[str, float] = field(default_factory=dict)  # mean untrained mAP per search
+
+
+def _search_label(run: Any) -> str:
+    folder = run.data.tags.get(EXPERIMENT_DIR_TAG, "")
+    return folder.rstrip("/").rsplit("/", 1)[-1] or run.info.run_id
+
+
+def _find_experiment(client: Any, tracking_uri: str, experiment: str | None) -> Any:
+    if experiment is not None:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             raise ReidSearchError(f"{tracking_uri}: no experiment named {experiment!r}")
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'trial'",
-        order_by=[f"metrics.`{metric}` DESC"],
-        max_results=top,
-    )
-    rows = []
-    for run in runs:
-        searched = {
+        return found
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if not experiments:
+        raise ReidSearchError(
+            f"{tracking_uri}: no reidsearch experiments yet (run `reidsearch run SPACE.yaml` first)"
+        )
+    return max(experiments, key=lambda e: e.creation_time or 0)
+
+
+def _pick_searches(parents: list[Any], search: str | None, all_searches: bool) -> list[Any]:
+    if all_searches or not parents:
+        return parents
+    if search is None:
+        return parents[:1]  # the newest
+    chosen = [p for p in parents if search in (p.info.run_id, _search_label(p))]
+    if not chosen:
+        known = ", ".join(_search_label(p) for p in parents[:5])
+        raise ReidSearchError(f"--search {search}: no such search (recent: {known})")
+    return chosen
+
+
+def _row(run: Any, label: str) -> dict[str, Any]:
+    metrics = dict(run.data.metrics)
+    scored = {
+        key[len(SCORED_PREFIX) :]: value
+        for key, value in metrics.items()
+        if key.startswith(SCORED_PREFIX)
+    }
+    return {
+        "run": run.info.run_name,
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "stopped_early": run.data.tags.get("stopped_early") == "True",
+        "search": label,
+        "score": metrics.get(SCORE_KEY),
+        "score_epoch": metrics.get(SCORE_EPOCH_KEY),
+        "scored": scored,  # the metrics of the epoch the score comes from
+        "untrained_mAP": metrics.get("untrained_mAP"),
+        "params": {
             k[len("searched.") :]: v
             for k, v in run.data.params.items()
             if k.startswith("searched.")
-        }
-        rows.append(
-            {
-                "run": run.info.run_name,
-                "status": run.info.status,
-                "stopped_early": run.data.tags.get("stopped_early") == "True",
-                "search": run.data.tags.get("reidsearch.search", ""),
-                "metrics": dict(run.data.metrics),
-                "params": searched,
-            }
+        },
+    }
+
+
+def _interval(row: dict[str, Any], objective: ObjectiveConfig) -> tuple[float, float] | None:
+    low, high = (row["scored"].get(key) for key in interval_keys(objective.metric))
+    return None if low is None or high is None else (low, high)
+
+
+def mark_indistinguishable(rows: list[dict[str, Any]], objective: ObjectiveConfig) -> None:
+    """``tied``: the row's 95% interval of the objective's metric overlaps the best row's, so
+    the data cannot tell it apart from the best (the best row is marked too)."""
+    best = next((r for r in rows if r["score"] is not None), None)
+    best_interval = _interval(best, objective) if best else None
+    for row in rows:
+        interval = _interval(row, objective)
+        row["tied"] = bool(
+            best_interval
+            and interval
+            and interval[0] <= best_interval[1]
+            and best_interval[0] <= interval[1]
         )
-    return found.name, rows
 
 
-def format_leaderboard(experiment: str, rows: list[dict[str, Any]]) -> str:
+def fetch_leaderboard(
+    tracking_uri: str,
+    experiment: str | None,
+    *,
+    search: str | None = None,
+    all_searches: bool = False,
+    top: int = 10,
+) -> Leaderboard:
+    """The trials of the newest search of ``experiment`` (default: the newest experiment), or of
+    ``search`` (its folder name or parent run id), or of every search (``all_searches``),
+    sorted by the objective of the newest search shown."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = _find_experiment(client, tracking_uri, experiment)
+    parents = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"],
+    )
+    shown = _pick_searches(list(parents), search, all_searches)
+    objective = ObjectiveConfig()
+    if shown and OBJECTIVE_TAG in shown[0].data.tags:
+        objective = ObjectiveConfig.model_validate(json.loads(shown[0].data.tags[OBJECTIVE_TAG]))
+    rows: list[dict[str, Any]] = []
+    for parent in shown:
+        trials = client.search_runs(
+            [found.experiment_id],
+            filter_string=(
+                f"tags.`{KIND_TAG}` = 'trial' and tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+            ),
+            max_results=50_000,
+        )
+        rows.extend(_row(run, _search_label(parent)) for run in trials)
+    sign = -1.0 if objective.mode == "max" else 1.0
+    rows.sort(key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0), r["run"]))
+    mark_indistinguishable(rows, objective)
+    untrained: dict[str, list[float]] = {}
+    for row in rows:
+        if row["untrained_mAP"] is not None:
+            untrained.setdefault(row["search"], []).append(row["untrained_mAP"])
+    return Leaderboard(
+        experiment=found.name,
+        searches=[_search_label(p) for p in shown],
+        objective=objective,
+        rows=rows[:top],
+        untrained={label: sum(v) / len(v) for label, v in untrained.items()},
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _score_text(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "loss" else f"{100 * value:.1f}"
+
+
+def format_leaderboard(board: Leaderboard) -> str:
+    """A plain-text table: the objective first, then the score epoch's metrics and the
+    searched values; ``~`` marks rows whose interval overlaps the best row's."""
+    objective, rows = board.objective, board.rows
+    where = f"experiment {board.experiment!r}, search {', '.join(board.searches) or '-'}"
     if not rows:
-        return f"experiment {experiment!r}: no trials"
+        return f"Leaderboard of {where}: no trials"
     keys = sorted({k for row in rows for k in row["params"]})
-    header = ["#", "trial", "status", "mAP", "rank-1", "rank-5", "mINP", "epochs", *keys]
-    baselines = [
-        row["metrics"]["untrained_mAP"] for row in rows if "untrained_mAP" in row["metrics"]
-    ]
+    several = len(board.searches) > 1
+    bound = " lower bound" if objective.bound and objective.mode == "max" else ""
+    bound = " upper bound" if objective.bound and objective.mode == "min" else bound
+    score_name = f"{objective.metric}{bound} ({objective.reduce})"
+    header = ["#", score_name, "95% CI", "", "trial", "status", "epoch"]
+    header += ["mAP", "rank-1", "rank-5", "mINP", *(["search"] if several else []), *keys]
     table = [header]
     for n, row in enumerate(rows, 1):
-        m = row["metrics"]
-
-        def pct(key: str, m: dict = m) -> str:
-            return f"{100 * m[key]:.1f}" if key in m else "-"
-
+        m = row["scored"]
+        interval = _interval(row, objective)
         table.append(
             [
                 str(n),
+                _score_text(row["score"], objective.metric),
+                f"{_pct(interval[0])}-{_pct(interval[1])}" if interval else "-",
+                "~" if row["tied"] else "",
                 row["run"],
                 "stopped" if row["stopped_early"] else row["status"].lower(),
-                pct("best_mAP"),
-                pct("rank1"),
-                pct("rank5"),
-                pct("mINP"),
-                f"{m['epoch']:.0f}" if "epoch" in m else "-",
+                "-" if row["score_epoch"] is None else f"{row['score_epoch']:.0f}",
+                _pct(m.get("mAP")),
+                _pct(m.get("rank1")),
+                _pct(m.get("rank5")),
+                _pct(m.get("mINP")),
+                *([row["search"]] if several else []),
                 *[_short(row["params"].get(k, "-")) for k in keys],
             ]
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = [
-        f"Leaderboard of experiment {experiment!r} (in %: mAP at each trial's best epoch; "
-        "rank-k and mINP at its last; stopped = stopped early by ASHA)"
+        f"Leaderboard of {where}: sorted by {score_name}, {objective.mode}imised; every row "
+        "shows the epoch its score comes from (in %); ~ = its 95% interval overlaps the best's"
     ]
     for r in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-    if baselines:
+    for label, value in board.untrained.items():
         lines.append(
-            f"untrained model (same data, random init): mAP "
-            f"{100 * max(baselines):.1f}% (best of {len(baselines)} trials' own)"
+            f"untrained model (same data, random init): mAP {_pct(value)}% "
+            f"(mean over the trials of {label})"
         )
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
+from reidsearch.engine.scoring import EPOCH_SCORE_KEY
 from reidsearch.engine.trainer import (
     CheckpointPayload,
     TrainContext,
@@ -134,14 +135,25 @@ def user_error_behind(error: BaseException) -> BaseException | None:
     return None
 
 
+def _kept_checkpoint(cfg: TrialConfig) -> CheckpointConfig:
+    """Keep the checkpoint of the epoch the run's score comes from: the best-scoring epoch for
+    ``reduce: best``, the latest evaluated one for ``reduce: last`` (Ray keeps the latest too,
+    for resuming)."""
+    if cfg.objective.reduce == "last":
+        return CheckpointConfig(num_to_keep=1)
+    return CheckpointConfig(
+        num_to_keep=1,
+        checkpoint_score_attribute=EPOCH_SCORE_KEY,
+        checkpoint_score_order=cfg.objective.mode,
+    )
+
+
 def build_torch_trainer(
     cfg: TrialConfig,
     *,
     name: str,
     storage_path: str | Path,
     max_failures: int = 0,
-    objective: str = "mAP",
-    mode: str = "max",
     callbacks: list | None = None,
     verbose: bool = False,
     inject_crash: dict[str, Any] | None = None,
@@ -170,9 +182,7 @@ def build_torch_trainer(
             name=name,
             storage_path=absolute(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=objective, checkpoint_score_order=mode
-            ),
+            checkpoint_config=_kept_checkpoint(cfg),
             callbacks=callbacks,
         ),
     )

@@ -55,8 +55,12 @@ def train_on_ray(
         raise ReidSearchError(str(exc)) from None
     if not result.best_checkpoints:
         raise ReidSearchError(f"{output / name}: the run reported no checkpoint")
-    checkpoint, metrics = result.best_checkpoints[0]
+    # The kept checkpoint whose epoch the run's score comes from (Ray may also keep the latest).
+    checkpoint, metrics = max(
+        result.best_checkpoints,
+        key=lambda pair: (pair[1].get("score_epoch") == pair[1]["epoch"], pair[1]["epoch"]),
+    )
     with checkpoint.as_directory() as directory:
         state = load_checkpoint(Path(directory) / STATE_FILE)
         path = export_best_model(state, Path(directory), output / name / "best")
-    return {"mAP": float(metrics["mAP"]), "epoch": int(metrics["epoch"]), "path": path}
+    return {"score": float(metrics["score"]), "epoch": int(metrics["score_epoch"]), "path": path}

@@ -18,8 +18,15 @@ from typing import Any
 
 from ray.tune import Callback
 
-from reidsearch.config import TrialConfig, with_overrides
+from reidsearch.config import QUERY_METRICS, ObjectiveConfig, TrialConfig, with_overrides
 from reidsearch.engine.checkpoint import STATE_FILE as CHECKPOINT_FILE
+from reidsearch.engine.scoring import (
+    EPOCH_SCORE_KEY,
+    SCORE_EPOCH_KEY,
+    SCORE_KEY,
+    interval_keys,
+    spread_key,
+)
 from reidsearch.storage import exists, filesystem, join, read_text, write_text
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -28,6 +35,17 @@ NODE_KEY = "node_id"  # the result key that carries it (see ray_train)
 KIND_TAG = "reidsearch.kind"
 STATE_FILE = "mlflow_runs.json"
 GRID_KEY = "grid_point"
+SEARCH_TAG = "reidsearch.search"
+OBJECTIVE_TAG = "reidsearch.objective"  # json of the search's ObjectiveConfig, on the parent
+SCORED_PREFIX = "scored_"  # a trial's metrics at the epoch its score comes from
+# The metrics of a trial's score epoch, logged once with SCORED_PREFIX when the trial ends.
+SCORED_METRICS = (
+    *QUERY_METRICS,
+    *(key for metric in QUERY_METRICS for key in interval_keys(metric)),
+    *(spread_key(metric) for metric in QUERY_METRICS),
+    "num_valid_queries",
+)
+# Every epoch's chart in MLflow.
 CHART_METRICS = (
     "untrained_mAP",
     "untrained_rank1",
@@ -39,14 +57,10 @@ CHART_METRICS = (
     "lr",
     "images_per_s",
     "epoch_time_s",
-    "mAP",
-    "rank1",
-    "rank5",
-    "rank10",
-    "mINP",
-    "num_valid_queries",
-    "best_mAP",
     "trainable_blocks",
+    *SCORED_METRICS,
+    SCORE_KEY,
+    EPOCH_SCORE_KEY,
 )
 
 
@@ -71,7 +85,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 def resolve_trial(fixed: dict[str, Any], config: dict[str, Any]) -> tuple[dict, TrialConfig]:
     """A Tune trial's searched values and its full config (the fixed settings plus them)."""
     params = trial_params(config)
-    return params, with_overrides(TrialConfig.model_validate(fixed), params)
+    return params, with_overrides(TrialConfig.model_validate(fixed), params, "<Tune trial config>")
 
 
 def flatten_config(config: TrialConfig) -> dict[str, str]:
@@ -102,8 +116,7 @@ class MLflowSearchTracker(Callback):
         train_storage: str,
         space_file: str,
         fixed: dict[str, Any],
-        objective: str,
-        mode: str,
+        objective: ObjectiveConfig,
         log_checkpoint: bool = False,
         full_epochs: int | None = None,
     ) -> None:
@@ -115,7 +128,7 @@ class MLflowSearchTracker(Callback):
         self.space_file = space_file
         self.fixed = fixed
         self.objective = objective
-        self.mode = mode
+        self.mode = str(objective.mode)
         self.log_checkpoint = log_checkpoint
         self.full_epochs = full_epochs or int(fixed.get("epochs", 0))  # what ASHA lets run
         self._client: Any = None
@@ -157,7 +170,8 @@ class MLflowSearchTracker(Callback):
                 run_name=self.search_name,
                 tags={
                     KIND_TAG: "search",
-                    "reidsearch.search": self.search_name,
+                    SEARCH_TAG: self.search_name,
+                    OBJECTIVE_TAG: self.objective.model_dump_json(),
                     "reidsearch.experiment_dir": self.experiment_dir,
                 },
             )
@@ -178,7 +192,7 @@ class MLflowSearchTracker(Callback):
             tags={
                 PARENT_TAG: self.parent_run_id,
                 KIND_TAG: "trial",
-                "reidsearch.search": self.search_name,
+                SEARCH_TAG: self.search_name,
                 "reidsearch.trial_id": trial.trial_id,
                 "head": resolved.model.head,
                 "dataset": resolved.data.root or f"synthetic-{resolved.data.synthetic.layout}",
@@ -200,8 +214,8 @@ class MLflowSearchTracker(Callback):
         entry = {
             "run_id": run.info.run_id,
             "last_epoch": 0,
-            "best": None,
-            "best_checkpoint": None,
+            "score": None,
+            "score_checkpoint": None,
             "searched": params,
         }
         self._state["trials"][trial.trial_id] = entry
@@ -232,22 +246,31 @@ class MLflowSearchTracker(Callback):
         if node and node not in entry.setdefault("nodes", []):
             entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
             self.client.set_tag(entry["run_id"], NODE_TAG, ",".join(entry["nodes"]))
-        value = result.get(self.objective)
-        checkpoint = result.get("checkpoint_path")
-        if value is not None and checkpoint and _better(value, entry["best"], self.mode):
-            entry["best"] = float(value)
-            entry["best_checkpoint"] = checkpoint
-            entry["best_epoch"] = epoch
+        if SCORE_KEY in result:
+            entry["score"] = float(result[SCORE_KEY])
+            entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
+            if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
+                entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
+                entry["score_checkpoint"] = result.get("checkpoint_path")
         self._save_state()
 
     def _finish_trial(self, trial: Any, status: str) -> None:
         entry = self._trial_entry(trial)
         run_id = entry["run_id"]
-        if entry.get("best_checkpoint"):
-            self._log_checkpoint_files(run_id, entry["best_checkpoint"])
-        if entry.get("best") is not None:
-            self.client.log_metric(run_id, f"best_{self.objective}", entry["best"])
-            self.client.set_tag(run_id, "best_epoch", str(entry.get("best_epoch")))
+        if entry.get("score_checkpoint"):
+            self._log_checkpoint_files(run_id, entry["score_checkpoint"])
+        if entry.get("score") is not None:
+            from mlflow.entities import Metric
+
+            now, step = int(time.time() * 1000), entry["score_epoch"]
+            scored = [
+                Metric(f"{SCORED_PREFIX}{key}", value, now, step)
+                for key, value in entry.get("scored", {}).items()
+                if _finite(value)
+            ]
+            scored.append(Metric(SCORE_EPOCH_KEY, float(step), now, step))
+            self.client.log_batch(run_id, metrics=scored)
+            self.client.set_tag(run_id, SCORE_EPOCH_KEY, str(step))
         self.client.set_tag(run_id, "stopped_early", str(entry["last_epoch"] < self.full_epochs))
         self.client.set_terminated(run_id, status=status)
         entry["status"] = status
@@ -278,30 +301,23 @@ class MLflowSearchTracker(Callback):
         self._finish_trial(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        rows = []
-        for trial_id, entry in self._state["trials"].items():
-            rows.append(
-                {
-                    "trial_id": trial_id,
-                    "status": entry.get("status", "UNKNOWN"),
-                    self.objective: entry.get("best"),
-                    "epochs": entry["last_epoch"],
-                    **{f"param.{k}": v for k, v in entry["searched"].items()},
-                }
-            )
-        reverse = self.mode == "max"
-        rows.sort(
-            key=lambda r: (
-                r[self.objective] is None,
-                -(r[self.objective] or 0) if reverse else (r[self.objective] or 0),
-            )
-        )
+        rows = [
+            {
+                "trial_id": trial_id,
+                "status": entry.get("status", "UNKNOWN"),
+                SCORE_KEY: entry.get("score"),
+                SCORE_EPOCH_KEY: entry.get("score_epoch"),
+                "epochs": entry["last_epoch"],
+                **{f"param.{k}": v for k, v in entry["searched"].items()},
+            }
+            for trial_id, entry in self._state["trials"].items()
+        ]
+        sign = -1.0 if self.mode == "max" else 1.0
+        rows.sort(key=lambda r: (r[SCORE_KEY] is None, sign * (r[SCORE_KEY] or 0.0)))
         self.client.log_text(self.parent_run_id, json.dumps(rows, indent=1), "summary/trials.json")
-        best = next((r for r in rows if r[self.objective] is not None), None)
+        best = next((r for r in rows if r[SCORE_KEY] is not None), None)
         if best is not None:
-            self.client.log_metric(
-                self.parent_run_id, f"best_{self.objective}", best[self.objective]
-            )
+            self.client.log_metric(self.parent_run_id, SCORE_KEY, best[SCORE_KEY])
             self.client.set_tag(self.parent_run_id, "best_trial", best["trial_id"])
             self.client.log_text(
                 self.parent_run_id, json.dumps(best, indent=1), "summary/best.json"
@@ -314,9 +330,3 @@ def _finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def _better(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best

@@ -1,0 +1,59 @@
+"""Tensor helpers shared by the metrics and the re-ranking (here, so neither imports the other)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+
+
+def as_numpy_ids(x: ArrayLike) -> np.ndarray:
+    """1-D int64 numpy array of ids (pids, cameras) from a tensor, array or list."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(np.int64, copy=False).reshape(-1)
+
+
+def as_float_tensor(x: ArrayLike, device: torch.device | None) -> torch.Tensor:
+    """float32 tensor on ``device`` (``None``: where it already is; numpy stays on the CPU)."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.to(device=device, dtype=torch.float32)
+
+
+def matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in float32. On CPU through numpy: its OpenBLAS measured ~1.7x faster than
+    torch's CPU matmul for these shapes on the 2-core AMD dev machines (0.42 s vs 0.72 s for
+    3,368 x 15,913 x 768)."""
+    if a.device.type == "cpu" and b.device.type == "cpu":
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy().T))
+    return a @ b.t()
+
+
+class single_thread:
+    """Run torch CPU ops on one thread inside the block.
+
+    The rank counting is many short element-wise ops; with 2 intra-op threads each one pays a
+    fork/join that cost more than the op itself (measured 17 ms vs 276 ms per chunk on a busy
+    2-core machine). The big matmul runs in numpy's OpenBLAS and keeps its own threads.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        if self.enabled:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.saved)
+
+
+def orderable_bits(x: torch.Tensor) -> torch.Tensor:
+    """Map float32 values to int64 in [0, 2**32) with the same order (-0.0 == +0.0)."""
+    bits = (x.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
