@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -149,15 +148,6 @@ def test_query_intervals_share_one_draw() -> None:
         np.testing.assert_allclose(
             two[name], bootstrap_interval(stacked, num_samples=300, seed=1), rtol=0, atol=1e-15
         )
-
-
-def test_market_scale_is_fast() -> None:
-    rng = np.random.default_rng(0)
-    per_query = {name: rng.random(3368) for name in QUERY_METRICS}
-    query_intervals([per_query])  # warm-up
-    start = time.perf_counter()
-    query_intervals([per_query])
-    assert time.perf_counter() - start < 1.0  # ~0.04 s measured; loose for busy machines
 
 
 def test_metric_names_agree_with_config() -> None:

@@ -146,3 +146,18 @@ def test_row_reduction_sum_and_mean_against_hand_computation(eps):
     s = ReIDLoss(LossConfig(row_reduction="sum"))(one, labels)[0]
     m = ReIDLoss(LossConfig(row_reduction="mean"))(one, labels)[0]
     assert s.item() == pytest.approx(m.item(), abs=1e-7)
+
+
+def test_without_cross_entropy_the_classifiers_still_get_a_zero_gradient():
+    """DDP needs a gradient for every parameter each step (else step 2 fails on 2 ranks)."""
+    from reidsearch.config import LossConfig
+    from reidsearch.modeling.heads import ReIDOutput
+    from reidsearch.modeling.losses import ReIDLoss
+
+    classifier = torch.nn.Linear(8, 4)
+    embedding = torch.randn(8, 8, requires_grad=True)
+    output = ReIDOutput(logits=[classifier(embedding)], embedding=embedding)
+    labels = torch.arange(4).repeat_interleave(2)
+    total, _ = ReIDLoss(LossConfig(ce_weight=0.0, triplet_weight=1.0))(output, labels)
+    total.backward()
+    assert classifier.weight.grad is not None and not classifier.weight.grad.any()

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from reidsearch.errors import ConfigError
+
 if TYPE_CHECKING:
     from reidsearch.config import DDPConfig
 
@@ -107,8 +109,9 @@ def sync_batchnorm(model: nn.Module, cfg: DDPConfig, world_size: int) -> nn.Modu
 
     Call it once the model is on its device and before the optimiser is made (the layers are
     replaced; a BatchNorm root is returned as a new module). Off, or on one worker, the model
-    comes back as it is. torch's SyncBatchNorm has no CPU kernels, so a BatchNorm on CPU is an
-    error here rather than on the first training step.
+    comes back as it is. torch's SyncBatchNorm has no CPU kernels, so a BatchNorm on CPU is a
+    one-line ``ConfigError`` naming ``ddp.sync_batchnorm`` here (every rank raises it, before any
+    collective) rather than a kernel error deep in the first training step.
     """
     if not cfg.sync_batchnorm or world_size == 1:
         return model
@@ -116,7 +119,7 @@ def sync_batchnorm(model: nn.Module, cfg: DDPConfig, world_size: int) -> nn.Modu
     devices = {t.device.type for m in norms for t in (*m.parameters(), *m.buffers())}
     unsupported = devices - set(_SYNC_BN_DEVICES)
     if unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"ddp.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, the model's "
             f"BatchNorm is on {', '.join(sorted(unsupported))} (give the workers GPUs or turn "
             "the option off)"

@@ -125,6 +125,10 @@ class ReIDLoss:
             ce = per_row.sum() if cfg.row_reduction == "sum" else per_row.mean()
             total = total + cfg.ce_weight * ce
             parts["ce"] = ce.detach()
+        else:
+            # The classifiers stay in the graph with a zero gradient: DDP expects every
+            # parameter to receive one each step, and fails on the second step otherwise.
+            total = total + sum(lg.float().sum() for lg in output.logits) * 0.0
         if cfg.triplet_weight > 0:
             feature = self.triplet_input(output)
             pool = self.gather(feature, labels) if self.gather is not None else (None, None)
