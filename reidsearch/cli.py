@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from reidsearch import __version__
+from reidsearch.cli_cluster import add_cluster_commands
 from reidsearch.config import LAYOUTS
 from reidsearch.errors import ReidSearchError
 
@@ -220,33 +221,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def cmd_cluster_check(args: argparse.Namespace) -> int:
-    from reidsearch.search.cluster_file import check_space, load_cluster_file, worker_demand
-
-    cluster = load_cluster_file(args.cluster)
-    print(f"{args.cluster}: a valid Ray cluster file (provider {cluster.provider})")
-    for name, node in cluster.node_types.items():
-        res = ", ".join(f"{k} {v:g}" for k, v in node.resources.items())
-        count = "head" if name == cluster.head_type else f"{node.min_workers}..{node.max_workers}"
-        print(f"  {name:<16} {count:<6} {res}")
-    total = ", ".join(f"{k} {v:g}" for k, v in cluster.max_resources().items())
-    mix = " + ".join(f"{c} {n}" for n, c in cluster.node_counts().items() if c)
-    print(f"  maximum size ({cluster.max_workers} worker nodes at most): {mix}; {total}")
-    if args.space is not None:
-        from reidsearch.search.space import load_search_space
-
-        space = load_search_space(args.space)
-        if args.storage is not None:
-            space = dataclasses.replace(space, storage_path=args.storage)
-        fits = check_space(cluster, space)
-        shape = ", ".join(f"{v:g} {k}" for k, v in worker_demand(space.resources).items())
-        print(
-            f"{args.space}: fits; a trial is {space.resources.workers} worker(s) of {shape}; "
-            f"{fits} trials fit at once (max_concurrent {space.max_concurrent})"
-        )
-    return 0
-
-
 # ----------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -363,15 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--save", help="also write the manifest as Parquet to this file")
     q.set_defaults(func=cmd_data_info)
 
-    p = sub.add_parser("cluster", help="Ray cluster files (cluster.yaml)")
-    cluster_sub = p.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
-    q = cluster_sub.add_parser(
-        "check", help="validate a cluster file offline and check that a search space fits it"
-    )
-    q.add_argument("cluster", help="Ray cluster launcher YAML, e.g. cluster.yaml")
-    q.add_argument("space", nargs="?", help="search-space YAML to check against the cluster")
-    q.add_argument("--storage", help="as `run --storage`: overrides the space's storage_path")
-    q.set_defaults(func=cmd_cluster_check)
+    add_cluster_commands(sub)
     return parser
 
 
