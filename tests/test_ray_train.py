@@ -97,7 +97,9 @@ def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tm
     assert payload["epoch"] == best["epoch"] and "optimizer" not in payload  # model only
     assert (best["path"].parent / "cmc.png").is_file()
     metrics = evaluate_checkpoint(best["path"], out_dir=tmp_path / "eval")
-    assert metrics["mAP"] == pytest.approx(best["mAP"], abs=1e-6)  # same model, same data
+    # Same model, same data: the default objective's score is that epoch's mAP.
+    assert metrics["mAP"] == pytest.approx(best["score"], abs=1e-6)
+    assert payload["metrics"]["score_epoch"] == best["epoch"]
 
 
 def test_a_diverged_run_stops_cleanly_and_is_not_retried(local_ray, tiny_config, tmp_path):
