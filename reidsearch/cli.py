@@ -15,6 +15,7 @@ from pathlib import Path
 
 from reidsearch import __version__
 from reidsearch.cli_cluster import add_cluster_commands
+from reidsearch.cli_model import add_model_commands
 from reidsearch.config import LAYOUTS
 from reidsearch.errors import ReidSearchError
 
@@ -164,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         resume=args.resume,
         cluster_file=args.cluster,
+        verbose=1 if args.verbose else 0,
+        progress=not args.verbose,
     )
     from reidsearch.storage import basename
 
@@ -171,7 +174,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan.tracking_uri, plan.experiment, search=basename(plan.experiment_dir), top=args.top
     )
     print(format_leaderboard(board))
-    print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
+    from reidsearch.search.mlflow_view import DEFAULT_UI, search_view, ui_base
+
+    view = search_view(plan.tracking_uri, plan.experiment, basename(plan.experiment_dir))
+    if ui_base(plan.tracking_uri) == DEFAULT_UI:  # a local store: its UI is `reidsearch ui`
+        print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
+    print(f"the trials in MLflow, best first: {view.url(ui_base(plan.tracking_uri))}")
     if results.num_errors == len(results):
         from reidsearch.errors import first_line
         from reidsearch.search.ray_train import user_error_behind
@@ -204,6 +212,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from reidsearch.search.tracking_uri import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    from reidsearch.search.mlflow_view import search_view
+
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    try:  # the newest search (or --search), as a leaderboard in the runs table
+        view = search_view(uri, args.experiment, args.search)
+        print(f"{view.name}, best first: {view.url(f'http://{host}:{args.port}')}")
+    except ReidSearchError as error:
+        if args.search is not None:
+            raise
+        print(f"no search to show yet ({error})")
     command = [
         sys.executable,
         "-m",
@@ -260,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate and print the resolved space and resources; start nothing",
     )
     p.add_argument("--top", type=int, default=10, help="rows of the final leaderboard")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's full output (Tune's tables, worker logs) instead of the compact live table",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one trial config on Ray Train (DDP on N workers)")
@@ -310,8 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("ui", help="start the MLflow UI (bound to 127.0.0.1)")
+    p = sub.add_parser(
+        "ui", help="start the MLflow UI (bound to 127.0.0.1) and print a search's leaderboard link"
+    )
     p.add_argument("--tracking-uri")
+    p.add_argument("--experiment", help="MLflow experiment (default: the newest)")
+    p.add_argument("--search", help="a search's folder name or run id (default: the newest)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
@@ -338,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data_info)
 
     add_cluster_commands(sub)
+    add_model_commands(sub)
     return parser
 
 

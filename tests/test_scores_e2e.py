@@ -61,7 +61,7 @@ def _mlflow_trials(uri: str, search_folder: str) -> dict[str, object]:
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     board = fetch_leaderboard(uri, "scores", search=search_folder, top=100)
-    return {row["run"]: client.get_run(row["run_id"]) for row in board.rows}, board
+    return {row["trial"]: client.get_run(row["run_id"]) for row in board.rows}, board
 
 
 def _check_one_score(plan, reduce: str, metric: str) -> object:
@@ -70,14 +70,14 @@ def _check_one_score(plan, reduce: str, metric: str) -> object:
     runs, board = _mlflow_trials(plan.tracking_uri, Path(plan.experiment_dir).name)
     assert set(runs) == set(optuna) and len(runs) == 3
     for row in board.rows:
-        run = runs[row["run"]]
+        run = runs[row["trial"]]
         history = client.get_metric_history(run.info.run_id, metric)
         per_epoch = {m.step: m.value for m in history}
         expected_epoch = max(per_epoch, key=per_epoch.get) if reduce == "best" else 3
         if reduce == "best":  # the first epoch reaching the best value
             expected_epoch = min(e for e, v in per_epoch.items() if v == max(per_epoch.values()))
         # Optuna, MLflow and the leaderboard hold the same number, from the same epoch.
-        assert optuna[row["run"]] == pytest.approx(row["score"], abs=1e-12)
+        assert optuna[row["trial"]] == pytest.approx(row["score"], abs=1e-12)
         assert run.data.metrics["score"] == pytest.approx(row["score"], abs=1e-12)
         assert row["score"] == pytest.approx(per_epoch[expected_epoch], abs=1e-12)
         assert row["score_epoch"] == expected_epoch
@@ -122,7 +122,18 @@ def test_one_score_everywhere_and_a_leaderboard_per_search(local_ray, tmp_path):
     newest = fetch_leaderboard(second.tracking_uri, "scores")
     older = fetch_leaderboard(second.tracking_uri, "scores", search=Path(first.experiment_dir).name)
     both = fetch_leaderboard(second.tracking_uri, "scores", all_searches=True, top=100)
-    assert {r["run"] for r in newest.rows} == set(_optuna_values(second.experiment_dir))
-    assert {r["run"] for r in older.rows} == set(_optuna_values(first.experiment_dir))
+    assert {r["trial"] for r in newest.rows} == set(_optuna_values(second.experiment_dir))
+    assert {r["trial"] for r in older.rows} == set(_optuna_values(first.experiment_dir))
     assert len(both.rows) == 6 and len(both.searches) == 2
     assert newest.objective.reduce == "last" and older.objective.reduce == "best"
+
+    # What mattered: the parent run carries the leaderboard table and Optuna's pictures.
+    import json
+
+    parent = client.get_run(newest.rows[0]["run_id"]).data.tags["mlflow.parentRunId"]
+    assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent)}
+    table = json.loads(Path(client.download_artifacts(parent, "leaderboard.json")).read_text())
+    assert len(table["data"]) == 3
+    pictures = {a.path for a in client.list_artifacts(parent, "analysis")}
+    assert {"analysis/param_importances.png", "analysis/slice_model.lam.png"} <= pictures
+    assert "analysis/optimization_history.png" in pictures

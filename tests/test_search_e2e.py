@@ -71,11 +71,15 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert parent.data.tags.get("best_trial") in {c.info.run_name for c in children}
+    trial_ids = {c.data.tags["reidsearch.trial_id"] for c in children}
+    assert parent.data.tags.get("best_trial") in trial_ids
     configs = {Path(r.path).name: r.config for r in results}
     assert {"model.lam": 8.0, "model.head": "latf"} in configs.values()  # the enqueued point
     for child in children:
-        config = configs[child.info.run_name]
+        config = configs[child.data.tags["reidsearch.trial_id"]]
+        # The run name reads: head, searched values, then the trial id.
+        assert child.info.run_name.startswith(f"{config['model.head']} lam=")
+        assert child.info.run_name.endswith(f" · {child.data.tags['reidsearch.trial_id']}")
         # Params are exactly what Optuna suggested, and the resolved config agrees.
         assert float(child.data.params["searched.model.lam"]) == pytest.approx(config["model.lam"])
         assert child.data.params["model.head"] == config["model.head"]

@@ -168,6 +168,7 @@ def init_ray(
     num_cpus: float | None = None,
     quiet: bool = True,
     cluster_file: str | None = None,
+    worker_logs: bool = True,
 ) -> RayCluster:
     """Join a Ray cluster or start an embedded local Ray sized to this machine.
 
@@ -177,6 +178,8 @@ def init_ray(
     file (``cluster_file_path``), else it is what is up now. The dashboard
     stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner queries the state API
     through it, and without it trials stopped by ASHA keep their reservations.
+    ``worker_logs`` False keeps the workers' log lines and Ray's warnings off this terminal
+    (a search's compact output); errors still show.
     """
     import ray
 
@@ -187,9 +190,9 @@ def init_ray(
         kwargs: dict = {
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
-            "log_to_driver": True,
+            "log_to_driver": worker_logs,
             "configure_logging": quiet,
-            "logging_level": "WARNING" if quiet else "INFO",
+            "logging_level": ("WARNING" if worker_logs else "ERROR") if quiet else "INFO",
         }
         target = running_ray_address(address)
         if target is not None:

@@ -118,6 +118,22 @@ def _searcher(space: SearchSpace, max_concurrent: int) -> Any:
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
+def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
+    if not progress:
+        return []
+    from reidsearch.search.progress import SearchProgress
+
+    return [
+        SearchProgress(
+            total=space.total_trials(),
+            metric=space.metric,
+            mode=space.mode,
+            max_epochs=full_length(space),
+            param_keys=space.keys,
+        )
+    ]
+
+
 def run_search(
     space: SearchSpace,
     *,
@@ -126,11 +142,21 @@ def run_search(
     resume: bool = False,
     verbose: int = 1,
     cluster_file: str | None = None,
+    progress: bool = False,
 ) -> tuple[SearchPlan, tune.ResultGrid]:
-    """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results."""
+    """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results.
+
+    ``progress`` prints a compact live report (``progress.SearchProgress``) instead of Tune's
+    tables (``verbose``) and the Ray workers' log lines."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
     check_dataset(space)
-    cluster = init_ray(address, num_cpus=plan.local_cpus, cluster_file=cluster_file)
+    if progress:
+        from reidsearch.search.progress import quiet_search_output
+
+        quiet_search_output()
+    cluster = init_ray(
+        address, num_cpus=plan.local_cpus, cluster_file=cluster_file, worker_logs=not progress
+    )
     plan.max_concurrent = size_concurrency(space, cluster, plan.max_concurrent)
     check_shared_storage(space, cluster, plan.experiment_dir)
     check_writable(plan.experiment_dir, f"{space.source}: storage_path")
@@ -157,6 +183,7 @@ def run_search(
         objective=space.fixed_config.objective,
         log_checkpoint=space.mlflow.log_checkpoint,
         full_epochs=full_length(space),
+        params=space.params,
     )
     run_config = tune.RunConfig(
         name=basename(plan.experiment_dir),
@@ -164,8 +191,8 @@ def run_search(
         # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
         # a trial that fails as a whole (e.g. it diverged) is not re-run.
         failure_config=tune.FailureConfig(max_failures=0),
-        callbacks=[tracker],
-        verbose=verbose,
+        callbacks=[tracker, *_reporters(space, progress)],
+        verbose=0 if progress else verbose,
     )
     if resume and tune.Tuner.can_restore(plan.experiment_dir):
         tuner = tune.Tuner.restore(

@@ -19,6 +19,7 @@ from reidsearch.search.tracking import (
 )
 
 EXPERIMENT_DIR_TAG = "reidsearch.experiment_dir"
+TRIAL_TAG = "reidsearch.trial_id"
 
 
 @dataclass
@@ -72,6 +73,7 @@ def _row(run: Any, label: str) -> dict[str, Any]:
     }
     return {
         "run": run.info.run_name,
+        "trial": run.data.tags.get(TRIAL_TAG, run.info.run_name),  # the Tune trial id
         "run_id": run.info.run_id,
         "status": run.info.status,
         "stopped_early": run.data.tags.get("stopped_early") == "True",
@@ -192,7 +194,7 @@ def format_leaderboard(board: Leaderboard) -> str:
                 _score_text(row["score"], objective.metric),
                 f"{_pct(interval[0])}-{_pct(interval[1])}" if interval else "-",
                 "~" if row["tied"] else "",
-                row["run"],
+                row.get("trial") or row["run"],  # short: the run name also lists the values
                 "stopped" if row["stopped_early"] else row["status"].lower(),
                 "-" if row["score_epoch"] is None else f"{row['score_epoch']:.0f}",
                 _pct(m.get("mAP")),

@@ -27,6 +27,8 @@ from reidsearch.engine.scoring import (
     interval_keys,
     spread_key,
 )
+from reidsearch.search.analysis import log_search_analysis
+from reidsearch.search.params import ParamSpec
 from reidsearch.storage import exists, filesystem, join, read_text, write_text
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -64,15 +66,28 @@ CHART_METRICS = (
 )
 
 
+# Marks an experiment as model training for MLflow 3 UIs that read it (3.17.2 goes by the URL's
+# workflowType instead: see mlflow_view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    """The experiment's id, created if need be, marked as model training (unless its kind was
+    already chosen), so that the MLflow UI shows runs rather than traces."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            experiment_id = experiment.experiment_id
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):
         db_path = Path(tracking_uri[len("sqlite:///") :])
         artifact_location = (db_path.parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(
+        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +134,7 @@ class MLflowSearchTracker(Callback):
         objective: ObjectiveConfig,
         log_checkpoint: bool = False,
         full_epochs: int | None = None,
+        params: list[ParamSpec] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -131,6 +147,7 @@ class MLflowSearchTracker(Callback):
         self.mode = str(objective.mode)
         self.log_checkpoint = log_checkpoint
         self.full_epochs = full_epochs or int(fixed.get("epochs", 0))  # what ASHA lets run
+        self.params = list(params or [])  # the space's distributions, for the analyses
         self._client: Any = None
         self._state: dict[str, Any] = {}
 
@@ -186,9 +203,11 @@ class MLflowSearchTracker(Callback):
         if entry is not None:
             return entry
         params, resolved = resolve_trial(self.fixed, trial.config)
+        from reidsearch.search.mlflow_view import readable_run_name
+
         run = self.client.create_run(
             self._state["experiment_id"],
-            run_name=trial.trial_id,
+            run_name=readable_run_name(resolved.model.head, params, trial.trial_id),
             tags={
                 PARENT_TAG: self.parent_run_id,
                 KIND_TAG: "trial",
@@ -259,6 +278,10 @@ class MLflowSearchTracker(Callback):
         run_id = entry["run_id"]
         if entry.get("score_checkpoint"):
             self._log_checkpoint_files(run_id, entry["score_checkpoint"])
+            from reidsearch.search.best_model import CHECKPOINT_TAG, checkpoint_location
+
+            where = checkpoint_location(self.train_storage, entry["score_checkpoint"])
+            self.client.set_tag(run_id, CHECKPOINT_TAG, where)  # for `reidsearch export --best`
         if entry.get("score") is not None:
             from mlflow.entities import Metric
 
@@ -322,6 +345,14 @@ class MLflowSearchTracker(Callback):
             self.client.log_text(
                 self.parent_run_id, json.dumps(best, indent=1), "summary/best.json"
             )
+        log_search_analysis(  # never raises: an analysis must not fail the search
+            self.client,
+            self.parent_run_id,
+            self._state["trials"],
+            self.params,
+            self.mode,
+            self.full_epochs,
+        )
         self.client.set_terminated(self.parent_run_id, status="FINISHED")
 
 
