@@ -95,3 +95,15 @@ def pytest_collection_modifyitems(config, items):
     """Run the multi-node cluster tests last: they start many processes, and the single-machine
     tests should not share the 2 CI cores with what those leave winding down."""
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
+@pytest.fixture(scope="module")
+def search_ray():
+    """A private local Ray for a module's searches: 3 logical CPUs (2 trials and their drivers)."""
+    import ray
+
+    from reidsearch.search.cluster import init_ray
+
+    init_ray("local", num_cpus=3)
+    yield
+    ray.shutdown()

@@ -39,6 +39,16 @@ def test_rows_whose_interval_overlaps_the_best_are_marked():
     assert "2.0% (mean over the trials of s-1)" in lines[-1]
 
 
+def test_a_failed_trial_reads_failed_not_stopped():
+    objective = ObjectiveConfig(metric="rank1")
+    failed = {**_row("nan", 0.1, 0.0, 0.2), "status": "FAILED", "stopped_early": True}
+    stopped = {**_row("asha", 0.2, 0.1, 0.3), "stopped_early": True}
+    rows = [stopped, failed]
+    mark_indistinguishable(rows, objective)
+    text = format_leaderboard(Leaderboard("exp", ["s-1"], objective, rows))
+    assert "stopped" in text.splitlines()[2] and "failed" in text.splitlines()[3]
+
+
 def test_minimised_objective_overlap_uses_the_same_rule():
     objective = ObjectiveConfig(metric="rank1", mode="min")
     rows = [_row("best", 0.2, 0.1, 0.3), _row("worse", 0.5, 0.31, 0.6)]

@@ -15,17 +15,6 @@ mlflow = pytest.importorskip("mlflow")
 from tests.conftest import tiny_config_dict  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from reidsearch.search.cluster import init_ray
-
-    init_ray("local", num_cpus=3)
-    yield
-    ray.shutdown()
-
-
 def _space(folder: Path, **fields) -> Path:
     space = {
         "name": "scores",
@@ -89,7 +78,7 @@ def _check_one_score(plan, reduce: str, metric: str) -> object:
     return board
 
 
-def test_one_score_everywhere_and_a_leaderboard_per_search(local_ray, tmp_path):
+def test_one_score_everywhere_and_a_leaderboard_per_search(search_ray, tmp_path):
     from reidsearch.search.driver import run_search
     from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
     from reidsearch.search.space import load_search_space

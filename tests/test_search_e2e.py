@@ -14,17 +14,6 @@ mlflow = pytest.importorskip("mlflow")
 from tests.conftest import tiny_config_dict  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from reidsearch.search.cluster import init_ray
-
-    init_ray("local", num_cpus=3)
-    yield
-    ray.shutdown()
-
-
 def _write_space(path: Path, **fields) -> Path:
     fixed = tiny_config_dict(epochs=2)
     space = {
@@ -50,7 +39,7 @@ def _trial_runs(uri: str, experiment: str):
     return client, parents, children
 
 
-def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path):
+def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path):
     from reidsearch.search.driver import run_search
     from reidsearch.search.space import load_search_space
 
@@ -120,7 +109,7 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(local_ray, tmp_path)
         assert [m.step for m in history] == [1, 2]  # no duplicated epochs
 
 
-def test_asha_stops_a_bad_trial_early(local_ray, tmp_path):
+def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
     from reidsearch.search.driver import run_search
     from reidsearch.search.space import load_search_space
 
@@ -182,7 +171,7 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     ]
 
 
-def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(local_ray, tmp_path, capsys):
+def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(search_ray, tmp_path, capsys):
     from reidsearch.cli import main
 
     space_file = _write_space(

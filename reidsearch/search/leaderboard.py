@@ -64,6 +64,24 @@ def _pick_searches(parents: list[Any], search: str | None, all_searches: bool) -
     return chosen
 
 
+def find_searches(
+    client: Any,
+    tracking_uri: str,
+    experiment: str | None,
+    search: str | None,
+    all_searches: bool = False,
+) -> tuple[Any, list[Any]]:
+    """The experiment (default: the newest) and the parent runs of the searches to show: the
+    newest, the one named by ``search`` (folder name or run id), or all, newest first."""
+    found = _find_experiment(client, tracking_uri, experiment)
+    parents = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return found, _pick_searches(list(parents), search, all_searches)
+
+
 def _row(run: Any, label: str) -> dict[str, Any]:
     metrics = dict(run.data.metrics)
     scored = {
@@ -124,13 +142,7 @@ def fetch_leaderboard(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = _find_experiment(client, tracking_uri, experiment)
-    parents = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'search'",
-        order_by=["attributes.start_time DESC"],
-    )
-    shown = _pick_searches(list(parents), search, all_searches)
+    found, shown = find_searches(client, tracking_uri, experiment, search, all_searches)
     objective = ObjectiveConfig()
     if shown and OBJECTIVE_TAG in shown[0].data.tags:
         objective = ObjectiveConfig.model_validate(json.loads(shown[0].data.tags[OBJECTIVE_TAG]))
@@ -195,7 +207,7 @@ def format_leaderboard(board: Leaderboard) -> str:
                 f"{_pct(interval[0])}-{_pct(interval[1])}" if interval else "-",
                 "~" if row["tied"] else "",
                 row.get("trial") or row["run"],  # short: the run name also lists the values
-                "stopped" if row["stopped_early"] else row["status"].lower(),
+                _status(row),
                 "-" if row["score_epoch"] is None else f"{row['score_epoch']:.0f}",
                 _pct(m.get("mAP")),
                 _pct(m.get("rank1")),
@@ -218,6 +230,13 @@ def format_leaderboard(board: Leaderboard) -> str:
             f"(mean over the trials of {label})"
         )
     return "\n".join(lines)
+
+
+def _status(row: dict[str, Any]) -> str:
+    """``stopped`` only for trials ASHA ended early: a failed trial also ran short, but failed."""
+    if row["status"] == "FINISHED" and row["stopped_early"]:
+        return "stopped"
+    return row["status"].lower()
 
 
 def _short(value: str) -> str:

@@ -27,11 +27,10 @@ from urllib.parse import urlencode
 
 from reidsearch.config import ObjectiveConfig
 from reidsearch.engine.scoring import SCORE_KEY
-from reidsearch.search.leaderboard import _find_experiment, _pick_searches, _search_label
+from reidsearch.search.leaderboard import _search_label, find_searches
 from reidsearch.search.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
-    KIND_TAG,
     OBJECTIVE_TAG,
     PARENT_TAG,
     SCORED_PREFIX,
@@ -147,13 +146,7 @@ def search_view(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = _find_experiment(client, tracking_uri, experiment)
-    parents = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'search'",
-        order_by=["attributes.start_time DESC"],
-    )
-    chosen = _pick_searches(list(parents), search, all_searches=False)
+    found, chosen = find_searches(client, tracking_uri, experiment, search)
     if not chosen:
         from reidsearch.errors import ReidSearchError
 
