@@ -107,3 +107,51 @@ def search_ray():
     init_ray("local", num_cpus=3)
     yield
     ray.shutdown()
+
+
+# -------------------------------------------------------------------- the fault-injection suite
+# Every test marked ``@pytest.mark.fault("bad_input")`` or ``@pytest.mark.fault("fault")`` tries
+# one bad input or one fault (a killed driver, a lost node, a diverged trial...) and asserts that
+# it was survived with nothing lost; the run ends with one line that counts them.
+FAULT_KINDS = ("bad_input", "fault")
+_fault_outcomes: dict[str, dict[str, int]] = {
+    kind: {"passed": 0, "failed": 0} for kind in FAULT_KINDS
+}
+
+
+def _fault_kind(item) -> str | None:
+    marker = item.get_closest_marker("fault")
+    if marker is None:
+        return None
+    kind = marker.args[0] if marker.args else marker.kwargs.get("kind")
+    if kind not in FAULT_KINDS:
+        raise pytest.UsageError(f"{item.nodeid}: fault marker kind must be one of {FAULT_KINDS}")
+    return kind
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    kind = _fault_kind(item)
+    if kind is None:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _fault_outcomes[kind]["passed" if report.passed else "failed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    bad, faults = _fault_outcomes["bad_input"], _fault_outcomes["fault"]
+    tried_bad = bad["passed"] + bad["failed"]
+    tried_faults = faults["passed"] + faults["failed"]
+    if tried_bad + tried_faults == 0:
+        return
+    failed = bad["failed"] + faults["failed"]
+    verdict = (
+        "all survived, nothing lost"
+        if failed == 0
+        else f"{failed} NOT survived (see the failures above)"
+    )
+    terminalreporter.write_line(
+        f"fault injection: tried {tried_bad} bad inputs and {tried_faults} faults; {verdict}"
+    )

@@ -10,16 +10,16 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from reidsearch.config import ObjectiveConfig  # noqa: E402
+from reidsearch.search.mlflow_experiment import (  # noqa: E402
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    get_or_create_experiment,
+)
 from reidsearch.search.mlflow_view import (  # noqa: E402
     VIEW_TAG_PREFIX,
     readable_run_name,
     search_view,
     short_value,
-)
-from reidsearch.search.tracking import (  # noqa: E402
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
-    get_or_create_experiment,
 )
 
 

@@ -18,10 +18,10 @@ pytest.importorskip("ray")
 
 from reidsearch.search.progress import (  # noqa: E402
     SearchProgress,
-    failure_reason,
     format_duration,
     short_names,
 )
+from reidsearch.search.trial_outcome import failure_reason  # noqa: E402
 from tests.conftest import tiny_config_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,24 +10,34 @@ from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.engine.trainer import TrainingDiverged
 from reidsearch.search.cluster import (
     check_shared_storage,
     init_ray,
     size_concurrency,
 )
-from reidsearch.search.plan import SearchPlan, check_dataset, plan_search
+from reidsearch.search.plan import SearchPlan, plan_search
+from reidsearch.search.preflight import check_before_ray
 from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
+from reidsearch.search.schedulers import build_scheduler
 from reidsearch.search.shipping import ship_inputs
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.tracking import (
     GRID_KEY,
     MLflowSearchTracker,
     resolve_trial,
+)
+from reidsearch.search.trial_outcome import (
+    DIVERGED,
+    FINISHED,
+    read_outcome,
+    train_run_dir,
+    train_run_name,
+    write_outcome,
 )
 from reidsearch.storage import basename, check_writable
 
@@ -66,30 +76,34 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
 
 def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Tune function trainable: resolve this trial's config and run it on Ray Train."""
+    """Tune function trainable: resolve this trial's config and run it on Ray Train.
+
+    A trial that already ended (the driver went down before Tune saved that) is not run again:
+    its recorded final result is reported once more, or its divergence raised again."""
     _, cfg = resolve_trial(fixed, config)
     trial_id = tune.get_context().get_trial_id()
+    run_dir = train_run_dir(settings["train_storage"], trial_id)
+    outcome = read_outcome(run_dir)
+    if outcome is not None:
+        if outcome["status"] == DIVERGED:
+            raise TrainingDiverged(outcome["reason"])
+        tune.report(outcome["metrics"])
+        return
     trainer = build_torch_trainer(
         cfg,
-        name=f"train_{trial_id}",  # stable across trial restarts: checkpoints are found again
+        name=train_run_name(trial_id),  # stable across trial restarts: checkpoints are found
         storage_path=settings["train_storage"],
         max_failures=settings["max_failures"],
         callbacks=[TuneReportCallback()],
         shipment=settings.get("shipment"),
     )
-    raise_if_diverged(trainer.fit(), f"trial {trial_id}")
-
-
-def _scheduler(space: SearchSpace) -> Any:
-    sched = space.scheduler
-    if sched.type == "none":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch",  # not Tune iterations: a restarted worker may repeat a report
-        max_t=sched.max_t or space.fixed_config.epochs,
-        grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor,
-    )
+    result = trainer.fit()
+    try:
+        raise_if_diverged(result, f"trial {trial_id}")
+    except TrainingDiverged as exc:
+        write_outcome(run_dir, DIVERGED, reason=str(exc))
+        raise
+    write_outcome(run_dir, FINISHED, metrics=result.metrics)
 
 
 def full_length(space: SearchSpace) -> int:
@@ -149,7 +163,7 @@ def run_search(
     ``progress`` prints a compact live report (``progress.SearchProgress``) instead of Tune's
     tables (``verbose``) and the Ray workers' log lines."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
-    check_dataset(space)
+    check_before_ray(space, plan)
     if progress:
         from reidsearch.search.progress import quiet_search_output
 
@@ -212,7 +226,13 @@ def run_search(
                 metric=SCORE_KEY,
                 mode=space.objective.mode,
                 search_alg=_searcher(space, plan.max_concurrent),
-                scheduler=_scheduler(space),
+                scheduler=build_scheduler(
+                    space.scheduler.type,
+                    experiment_dir=plan.experiment_dir,
+                    max_t=space.scheduler.max_t or space.fixed_config.epochs,
+                    grace_period=space.scheduler.grace_period,
+                    reduction_factor=space.scheduler.reduction_factor,
+                ),
                 num_samples=space.trials,
                 max_concurrent_trials=plan.max_concurrent if space.searcher == "grid" else None,
                 trial_dirname_creator=lambda trial: trial.trial_id,

@@ -28,9 +28,8 @@ from urllib.parse import urlencode
 from reidsearch.config import ObjectiveConfig
 from reidsearch.engine.scoring import SCORE_KEY
 from reidsearch.search.leaderboard import _search_label, find_searches
+from reidsearch.search.mlflow_experiment import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from reidsearch.search.tracking import (
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
     OBJECTIVE_TAG,
     PARENT_TAG,
     SCORED_PREFIX,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import sys
 import time
@@ -21,8 +20,8 @@ from typing import IO, Any
 from ray.tune import Callback
 
 from reidsearch.engine.scoring import SCORE_KEY
-from reidsearch.errors import first_line
 from reidsearch.search.tracking import trial_params
+from reidsearch.search.trial_outcome import failure_reason
 
 REDRAW_EVERY_S = 2.0  # the live table, on a terminal
 PROGRESS_EVERY_S = 60.0  # the plain progress line at first; later every tenth of the elapsed time
@@ -54,34 +53,6 @@ def short_names(keys: Sequence[str]) -> dict[str, str]:
     return {
         key: part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)
     }
-
-
-def failure_reason(trial: Any) -> str:
-    """One line on why a trial failed: the user error or divergence behind Ray's wrappers,
-    else the innermost exception's first line, else the last line of Tune's error file."""
-    from reidsearch.search.ray_train import user_error_behind
-
-    try:
-        with open(trial.pickled_error_file, "rb") as handle:
-            error = pickle.load(handle)
-    except Exception:  # noqa: BLE001 - no pickled error (or unreadable): try the text file
-        error = None
-    if isinstance(error, BaseException):
-        cause = user_error_behind(error)
-        if cause is not None:
-            return str(cause).splitlines()[0]
-        for _ in range(20):  # the innermost cause (bounded: a chain could loop)
-            inner = getattr(error, "cause", None) or error.__cause__
-            if not isinstance(inner, BaseException):
-                break
-            error = inner
-        return first_line(error)
-    try:
-        with open(trial.error_file) as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-        return lines[-1]
-    except Exception:  # noqa: BLE001
-        return "unknown error (see the trial's error.txt)"
 
 
 class SearchProgress(Callback):

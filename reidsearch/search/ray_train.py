@@ -17,6 +17,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
@@ -34,6 +35,7 @@ from reidsearch.search.tracking import NODE_KEY
 from reidsearch.storage import absolute
 
 DIVERGED_KEY = "diverged"
+REPLAYED_KEY = "replayed"  # a report that repeats the epoch a restarted run resumes from
 
 
 def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbose: bool) -> None:
@@ -53,13 +55,14 @@ def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbos
         )
 
 
-def load_resume_state() -> dict[str, Any] | None:
-    """The training state of the latest checkpoint of this run, if it is a restart."""
+def load_resume_state() -> tuple[dict[str, Any] | None, str | None]:
+    """The training state of the latest checkpoint of this run and that checkpoint's path, if
+    it is a restart (of a worker group, or of the trial by a resumed search)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, None
     with checkpoint.as_directory() as directory:
-        return load_checkpoint(Path(directory) / STATE_FILE)
+        return load_checkpoint(Path(directory) / STATE_FILE), checkpoint.path
 
 
 def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
@@ -96,12 +99,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
         _crash_once(fault, int(metrics["epoch"]), ctx.rank)
 
     shipment = loop_config.get("shipment")
+    resume, resumed_checkpoint = load_resume_state()
+    if resume is not None and "metrics" in resume:
+        # A restarted run (a lost worker or node, a resumed search) first reports the epoch it
+        # resumes from once more, with its checkpoint's path: a driver that went down before
+        # recording it records it now. Consumers keep the first report of an epoch (MLflow's
+        # tracker, ASHA's rungs).
+        replayed = {**resume["metrics"], REPLAYED_KEY: 1, CHECKPOINT_PATH_KEY: resumed_checkpoint}
+        report(replayed, None)
     try:
         train(
             cfg,
             report,
             ctx=ctx,
-            resume=load_resume_state(),
+            resume=resume,
             data=received_data(shipment, cfg),
             backbone_weights=received_weights(shipment, cfg),
         )

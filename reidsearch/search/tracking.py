@@ -27,8 +27,10 @@ from reidsearch.engine.scoring import (
     interval_keys,
     spread_key,
 )
-from reidsearch.search.analysis import log_search_analysis
+from reidsearch.redact import mask_secrets
+from reidsearch.search.mlflow_experiment import get_or_create_experiment
 from reidsearch.search.params import ParamSpec
+from reidsearch.search.search_summary import log_search_summary
 from reidsearch.storage import exists, filesystem, join, read_text, write_text
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -37,6 +39,10 @@ NODE_KEY = "node_id"  # the result key that carries it (see ray_train)
 KIND_TAG = "reidsearch.kind"
 STATE_FILE = "mlflow_runs.json"
 GRID_KEY = "grid_point"
+RESUMED_TAG = "reidsearch.resumed_from_epochs"  # epochs whose checkpoint a trial resumed from
+FAILURE_TAG = "reidsearch.failure"  # one line: why a trial failed
+FINAL_STATUSES = ("FINISHED", "FAILED")
+INTERRUPTED = "KILLED"  # MLflow's status of a run whose search was interrupted
 SEARCH_TAG = "reidsearch.search"
 OBJECTIVE_TAG = "reidsearch.objective"  # json of the search's ObjectiveConfig, on the parent
 SCORED_PREFIX = "scored_"  # a trial's metrics at the epoch its score comes from
@@ -66,30 +72,6 @@ CHART_METRICS = (
 )
 
 
-# Marks an experiment as model training for MLflow 3 UIs that read it (3.17.2 goes by the URL's
-# workflowType instead: see mlflow_view).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-
-
-def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
-    """The experiment's id, created if need be, marked as model training (unless its kind was
-    already chosen), so that the MLflow UI shows runs rather than traces."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if EXPERIMENT_KIND_TAG not in experiment.tags:
-            experiment_id = experiment.experiment_id
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return experiment.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):
-        db_path = Path(tracking_uri[len("sqlite:///") :])
-        artifact_location = (db_path.parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(
-        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-    )
-
-
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """The searched values of a Tune trial config (a grid point is nested under GRID_KEY)."""
     params = {key: value for key, value in config.items() if key != GRID_KEY}
@@ -104,7 +86,8 @@ def resolve_trial(fixed: dict[str, Any], config: dict[str, Any]) -> tuple[dict, 
 
 
 def flatten_config(config: TrialConfig) -> dict[str, str]:
-    """Every resolved setting as a dotted MLflow param (``model.lam`` -> ``8.0``)."""
+    """Every resolved setting as a dotted MLflow param (``model.lam`` -> ``8.0``), credentials
+    in URIs masked (``data.root: s3://b/x?secret_key=***``)."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -112,7 +95,7 @@ def flatten_config(config: TrialConfig) -> dict[str, str]:
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, item)
         else:
-            flat[prefix] = str(value)
+            flat[prefix] = mask_secrets(str(value))
 
     walk("", config.model_dump())
     return flat
@@ -150,6 +133,7 @@ class MLflowSearchTracker(Callback):
         self.params = list(params or [])  # the space's distributions, for the analyses
         self._client: Any = None
         self._state: dict[str, Any] = {}
+        self._orphans_checked = False
 
     # -- state kept beside the Tune experiment so a resumed search continues the same runs --
     def _state_path(self) -> str:
@@ -189,14 +173,41 @@ class MLflowSearchTracker(Callback):
                     KIND_TAG: "search",
                     SEARCH_TAG: self.search_name,
                     OBJECTIVE_TAG: self.objective.model_dump_json(),
-                    "reidsearch.experiment_dir": self.experiment_dir,
+                    "reidsearch.experiment_dir": mask_secrets(self.experiment_dir),
                 },
             )
             self._state = {"parent": run.info.run_id, "experiment_id": experiment_id, "trials": {}}
-            self.client.log_artifact(run.info.run_id, self.space_file, "search_space")
+            space = Path(self.space_file)  # as written, but for credentials in its URIs
+            text = mask_secrets(space.read_text())
+            self.client.log_text(run.info.run_id, text, f"search_space/{space.name}")
             self._save_state()
-        else:
+        else:  # a resumed search
             self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._reconcile_logged_epochs()
+
+    def _reconcile_logged_epochs(self) -> None:
+        """Epochs MLflow has but the saved state does not (the driver died between logging
+        them and saving): counted as logged, so that nothing is logged twice."""
+        for entry in self._state["trials"].values():
+            if entry.get("status") in FINAL_STATUSES:
+                continue
+            history = self.client.get_metric_history(entry["run_id"], "epoch")
+            entry["last_epoch"] = max([entry["last_epoch"], *(m.step for m in history)])
+        self._save_state()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Once, on the first step of a resumed search: trial runs that Tune does not know
+        (started after its last saved state, before the driver went down; the restored search
+        suggests new trials instead) are deleted, so MLflow keeps exactly one run per trial."""
+        if self._orphans_checked:
+            return
+        self._orphans_checked = True
+        known = {trial.trial_id for trial in trials}
+        orphans = [tid for tid in self._state["trials"] if tid not in known]
+        for trial_id in orphans:
+            self.client.delete_run(self._state["trials"].pop(trial_id)["run_id"])
+        if orphans:
+            self._save_state()
 
     def _trial_entry(self, trial: Any) -> dict[str, Any]:
         entry = self._state["trials"].get(trial.trial_id)
@@ -214,20 +225,21 @@ class MLflowSearchTracker(Callback):
                 SEARCH_TAG: self.search_name,
                 "reidsearch.trial_id": trial.trial_id,
                 "head": resolved.model.head,
-                "dataset": resolved.data.root or f"synthetic-{resolved.data.synthetic.layout}",
+                "dataset": mask_secrets(resolved.data.root)
+                or f"synthetic-{resolved.data.synthetic.layout}",
                 "backbone": resolved.model.backbone,
             },
         )
         from mlflow.entities import Param
 
         all_params = flatten_config(resolved)
-        all_params.update({f"searched.{k}": str(v) for k, v in params.items()})
+        all_params.update({f"searched.{k}": mask_secrets(str(v)) for k, v in params.items()})
         items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run.info.run_id, params=items[start : start + 100])
         self.client.log_text(
             run.info.run_id,
-            json.dumps(resolved.model_dump(), indent=2),
+            json.dumps(mask_secrets(resolved.model_dump()), indent=2),
             "config/resolved_config.json",
         )
         entry = {
@@ -242,7 +254,11 @@ class MLflowSearchTracker(Callback):
         return entry
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._trial_entry(trial)
+        entry = self._trial_entry(trial)
+        if entry.get("status") == INTERRUPTED:  # a resumed search takes it up again
+            del entry["status"]
+            self.client.update_run(entry["run_id"], status="RUNNING")
+            self._save_state()
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -261,6 +277,11 @@ class MLflowSearchTracker(Callback):
         ]
         self.client.log_batch(entry["run_id"], metrics=metrics)
         entry["last_epoch"] = epoch
+        resumed_from = int(result.get("start_epoch", 0))
+        if resumed_from > 0 and resumed_from not in entry.setdefault("resumed_from", []):
+            entry["resumed_from"].append(resumed_from)  # from the checkpoint of that epoch
+            tag = ",".join(map(str, entry["resumed_from"]))
+            self.client.set_tag(entry["run_id"], RESUMED_TAG, tag)
         node = result.get(NODE_KEY)
         if node and node not in entry.setdefault("nodes", []):
             entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
@@ -273,9 +294,13 @@ class MLflowSearchTracker(Callback):
                 entry["score_checkpoint"] = result.get("checkpoint_path")
         self._save_state()
 
-    def _finish_trial(self, trial: Any, status: str) -> None:
+    def _finish_trial(self, trial: Any, status: str, reason: str = "") -> None:
         entry = self._trial_entry(trial)
+        if entry.get("status") in FINAL_STATUSES:
+            return  # ended before a restart of the driver (Tune reports its end again)
         run_id = entry["run_id"]
+        if reason:
+            self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         if entry.get("score_checkpoint"):
             self._log_checkpoint_files(run_id, entry["score_checkpoint"])
             from reidsearch.search.best_model import CHECKPOINT_TAG, checkpoint_location
@@ -321,31 +346,23 @@ class MLflowSearchTracker(Callback):
         self._finish_trial(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish_trial(trial, "FAILED")
+        from reidsearch.search.trial_outcome import failure_reason
+
+        self._finish_trial(trial, "FAILED", reason=failure_reason(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        rows = [
-            {
-                "trial_id": trial_id,
-                "status": entry.get("status", "UNKNOWN"),
-                SCORE_KEY: entry.get("score"),
-                SCORE_EPOCH_KEY: entry.get("score_epoch"),
-                "epochs": entry["last_epoch"],
-                **{f"param.{k}": v for k, v in entry["searched"].items()},
-            }
-            for trial_id, entry in self._state["trials"].items()
-        ]
-        sign = -1.0 if self.mode == "max" else 1.0
-        rows.sort(key=lambda r: (r[SCORE_KEY] is None, sign * (r[SCORE_KEY] or 0.0)))
-        self.client.log_text(self.parent_run_id, json.dumps(rows, indent=1), "summary/trials.json")
-        best = next((r for r in rows if r[SCORE_KEY] is not None), None)
-        if best is not None:
-            self.client.log_metric(self.parent_run_id, SCORE_KEY, best[SCORE_KEY])
-            self.client.set_tag(self.parent_run_id, "best_trial", best["trial_id"])
-            self.client.log_text(
-                self.parent_run_id, json.dumps(best, indent=1), "summary/best.json"
-            )
-        log_search_analysis(  # never raises: an analysis must not fail the search
+        """The search ended, or was interrupted (Ctrl-C: Tune stops, saves and ends here)."""
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        if unfinished:  # interrupted: `--resume` continues these runs
+            for trial in unfinished:
+                entry = self._state["trials"].get(trial.trial_id)
+                if entry is not None and entry.get("status") not in FINAL_STATUSES:
+                    entry["status"] = INTERRUPTED
+                    self.client.set_terminated(entry["run_id"], status=INTERRUPTED)
+            self._save_state()
+            self.client.set_terminated(self.parent_run_id, status=INTERRUPTED)
+            return
+        log_search_summary(
             self.client,
             self.parent_run_id,
             self._state["trials"],
