@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from reidsearch import __version__
-from reidsearch.cli_cluster import add_cluster_commands
+from reidsearch.cli_cluster import add_cluster_commands, check_run_cluster
 from reidsearch.cli_model import add_model_commands
 from reidsearch.config import LAYOUTS
 from reidsearch.errors import ReidSearchError
+from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
 
 
 def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
@@ -48,6 +49,8 @@ def _data_folder(path: str) -> str:
     if is_uri(path):
         return path
     folder = Path(path).expanduser().resolve()
+    if folder.is_file():
+        raise ReidSearchError(f"{path}: --data: a file, not a dataset folder")
     if not folder.is_dir():
         raise ReidSearchError(f"{path}: --data: no such folder")
     return str(folder)
@@ -111,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     objective = cfg.objective
     print(
         f"score ({objective.metric}, {objective.reduce} epoch) {best['score']:.4f} "
-        f"at epoch {best['epoch']}; model written to {best['path']}"
+        f"at epoch {best['epoch']}; model written to {mask_secrets(str(best['path']))}"
     )
     return 0
 
@@ -147,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = space.with_data_root(_data_folder(args.data))
     if args.storage is not None:
         space = dataclasses.replace(space, storage_path=args.storage)
+    if args.cluster is not None:  # before Ray starts (the driver checks it once Ray is up)
+        check_run_cluster(space, args)
     if args.dry_run:
         from reidsearch.search.plan import plan_search
 
@@ -168,8 +173,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         verbose=1 if args.verbose else 0,
         progress=not args.verbose,
     )
+    from reidsearch.search.trial_outcome import ended
     from reidsearch.storage import basename
 
+    done = sum(ended(r.error is not None, r.metrics) for r in results)
+    if done < space.total_trials():  # Ctrl-C: Tune stopped, saved its state and returned
+        print(
+            f"reidsearch: search interrupted with {done} of {space.total_trials()} trials "
+            f"done; continue it with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return 130
     board = fetch_leaderboard(
         plan.tracking_uri, plan.experiment, search=basename(plan.experiment_dir), top=args.top
     )
@@ -178,8 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     view = search_view(plan.tracking_uri, plan.experiment, basename(plan.experiment_dir))
     if ui_base(plan.tracking_uri) == DEFAULT_UI:  # a local store: its UI is `reidsearch ui`
-        print(f"\nreview it: reidsearch ui --tracking-uri {plan.tracking_uri}")
-    print(f"the trials in MLflow, best first: {view.url(ui_base(plan.tracking_uri))}")
+        print(f"\nreview it: reidsearch ui --tracking-uri {mask_secrets(plan.tracking_uri)}")
+    print(f"the trials in MLflow, best first: {mask_secrets(view.url(ui_base(plan.tracking_uri)))}")
     if results.num_errors == len(results):
         from reidsearch.errors import first_line
         from reidsearch.search.ray_train import user_error_behind
@@ -191,6 +205,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"all {len(results)} trials failed (first: {first}); logs in {plan.experiment_dir}"
         )
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``run`` command that continues this search: the same options, plus ``--resume``."""
+    words = ["reidsearch", "run", str(args.space)]
+    for option in ("data", "storage", "tracking_uri", "cluster", "address"):
+        value = getattr(args, option)
+        if value is not None:
+            words += [f"--{option.replace('_', '-')}", mask_secrets(str(value))]
+    return " ".join([*words, "--resume"])
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -221,7 +245,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except ReidSearchError as error:
         if args.search is not None:
             raise
-        print(f"no search to show yet ({error})")
+        print(f"no search to show yet ({mask_secrets(str(error))})")
     command = [
         sys.executable,
         "-m",
@@ -234,7 +258,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
-    print(f"MLflow UI on http://{args.host}:{args.port} ({uri})", flush=True)
+    print(f"MLflow UI on http://{args.host}:{args.port} ({mask_secrets(uri)})", flush=True)
     os.execv(sys.executable, command)
     return 0  # pragma: no cover
 
@@ -375,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ReidSearchError as err:
-        print(f"reidsearch: error: {err}", file=sys.stderr)
+        print(f"reidsearch: error: {mask_secrets(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reidsearch: interrupted", file=sys.stderr)

@@ -35,6 +35,13 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_run_cluster(space: Any, args: argparse.Namespace) -> None:
+    """``run --cluster FILE``: the named file, and whether a trial fits it, before Ray starts."""
+    from reidsearch.search.preflight import check_cluster_file
+
+    check_cluster_file(space, args.cluster, address=args.address)
+
+
 def add_cluster_commands(sub: Any) -> None:
     """Register ``cluster check`` on the top-level subparsers."""
     p = sub.add_parser("cluster", help="Ray cluster files (cluster.yaml)")

@@ -80,6 +80,11 @@ class DataConfig(_Strict):
     height: int = Field(224, ge=16)
     width: int = Field(224, ge=16)
     cache_dir: str | None = Field(None, description="decoded-image cache; default ~/.cache")
+    skip_unreadable: bool = Field(
+        False,
+        description="drop images that cannot be decoded (with a warning naming them) instead "
+        "of stopping; the count is PreparedData.unreadable",
+    )
     augment: AugmentConfig = AugmentConfig()
 
     _root = field_validator("root")(_absolute)

@@ -3,7 +3,9 @@
 ``pyarrow.fs`` is the filesystem layer Ray Train and Tune themselves use for ``storage_path``,
 so a URI that works here works for them (an S3-compatible endpoint comes from the standard
 ``AWS_ENDPOINT_URL`` variable, credentials from the usual AWS/GCP chain). ``Path.resolve()``
-must never see a URI: it turns ``s3://b/x`` into ``<cwd>/s3:/b/x``.
+must never see a URI: it turns ``s3://b/x`` into ``<cwd>/s3:/b/x``. A URI's query
+(``?endpoint_override=...``, credentials) stays at its end when paths are joined onto it, and
+error messages show it masked (``reidsearch.redact``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from reidsearch.errors import ReidSearchError, first_line
+from reidsearch.redact import mask_secrets
 
 
 def default_cache_root() -> Path:
@@ -38,14 +41,23 @@ def absolute(path: str | os.PathLike) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    """``base/part/...`` for a URI or a local path."""
+    """``base/part/...`` for a URI (its ``?query`` kept at the end) or a local path."""
     if is_uri(base):
-        return posixpath.join(base.rstrip("/"), *parts)
+        path, question, query = base.partition("?")
+        return posixpath.join(path.rstrip("/"), *parts) + question + query
     return str(Path(base).joinpath(*parts))
 
 
 def basename(location: str) -> str:
-    return posixpath.basename(location.rstrip("/")) if is_uri(location) else Path(location).name
+    """The last path component (of a URI: without its ``?query``)."""
+    if is_uri(location):
+        return posixpath.basename(location.partition("?")[0].rstrip("/"))
+    return Path(location).name
+
+
+def _error(location: str, message: str) -> ReidSearchError:
+    """``location: message`` as a one-line error, credentials in either masked."""
+    return ReidSearchError(mask_secrets(f"{location}: {message}"))
 
 
 def filesystem(location: str, what: str = "storage"):  # noqa: ANN201 - pyarrow.fs.FileSystem
@@ -57,7 +69,7 @@ def filesystem(location: str, what: str = "storage"):  # noqa: ANN201 - pyarrow.
     try:
         return fs.FileSystem.from_uri(location)
     except Exception as exc:  # noqa: BLE001 - unknown scheme, bad bucket name, no credentials
-        raise ReidSearchError(f"{location}: {what}: cannot open ({first_line(exc)})") from None
+        raise _error(location, f"{what}: cannot open ({first_line(exc)})") from None
 
 
 def exists(location: str) -> bool:
@@ -118,7 +130,7 @@ def check_writable(location: str, what: str) -> None:
     except ReidSearchError:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError from S3/GCS/local in many shapes
-        raise ReidSearchError(f"{location}: {what}: not writable ({first_line(exc)})") from None
+        raise _error(location, f"{what}: not writable ({first_line(exc)})") from None
 
 
 def local_copy(location: str, what: str) -> Path:
@@ -147,7 +159,7 @@ def download(location: str, target: Path, what: str) -> Path:
         filesys, path = filesystem(location, what)
         info = filesys.get_file_info(path)
         if info.type == fs.FileType.NotFound:
-            raise ReidSearchError(f"{location}: {what}: no such file or folder")
+            raise _error(location, f"{what}: no such file or folder")
         copy = staging / "copy"  # copy_files takes a file or a whole folder alike
         fs.copy_files(
             path, str(copy), source_filesystem=filesys, destination_filesystem=fs.LocalFileSystem()
@@ -160,7 +172,7 @@ def download(location: str, target: Path, what: str) -> Path:
     except ReidSearchError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ReidSearchError(f"{location}: {what}: cannot download ({first_line(exc)})") from None
+        raise _error(location, f"{what}: cannot download ({first_line(exc)})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

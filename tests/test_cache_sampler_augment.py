@@ -91,6 +91,7 @@ def test_concurrent_builders_decode_the_dataset_once(
         np.testing.assert_array_equal(other.images, caches[0].images)
 
 
+@pytest.mark.fault("bad_input")
 def test_cache_unreadable_image(dataset: Path, tmp_path: Path) -> None:
     table = parse_dataset(dataset, "market1501")
     broken = tmp_path / "data"

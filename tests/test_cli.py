@@ -42,6 +42,7 @@ def test_each_command_has_help(command, capsys):
     assert "usage: reidsearch" in capsys.readouterr().out
 
 
+@pytest.mark.fault("bad_input")
 def test_malformed_search_space_fails_fast_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -62,6 +63,7 @@ def test_malformed_search_space_fails_fast_with_one_line(tmp_path):
     assert elapsed < 2.0, elapsed
 
 
+@pytest.mark.fault("bad_input")
 def test_missing_files_and_bad_layouts_are_one_line_errors(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert main(["data", "info", str(tmp_path / "missing"), "--layout", "market1501"]) == 2

@@ -90,7 +90,9 @@ def test_a_search_scales_out_to_worker_nodes_and_logs_to_one_server(
     with mock.patch.dict(os.environ, s3.env):
         (experiment,) = storage.list_dirs(s3.uri("runs"))
         experiment_dir = s3.uri(f"runs/{experiment}")
-        state = json.loads(storage.read_text(storage.join(experiment_dir, "mlflow_runs.json")))
+        state = json.loads(
+            storage.read_text(storage.join(experiment_dir, "reidsearch", "mlflow_runs.json"))
+        )
         assert len(state["trials"]) == 4
         assert len(storage.list_dirs(storage.join(experiment_dir, "train"))) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]

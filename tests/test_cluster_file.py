@@ -84,16 +84,19 @@ def test_cluster_alone_passes(capsys):
 
 
 # ------------------------------------------------------------------------------- broken copies
+@pytest.mark.fault("bad_input")
 def test_local_storage_on_multi_node_cluster(capsys):
     line = _fails(capsys, CLUSTER, LATFPP, names=(str(LATFPP), "storage_path", "s3://"))
     assert "do not share" in line
 
 
+@pytest.mark.fault("bad_input")
 def test_local_storage_path_string_is_refused_too(capsys, tmp_path):
     space = _write(tmp_path, "s.yaml", _space(storage_path="/shared/runs"))
     _fails(capsys, CLUSTER, space, names=("s.yaml", "storage_path"))
 
 
+@pytest.mark.fault("bad_input")
 def test_missing_head_type(capsys, tmp_path):
     data = _cluster()
     data["head_node_type"] = "nope"
@@ -104,6 +107,7 @@ def test_missing_head_type(capsys, tmp_path):
     _fails(capsys, path, names=(str(path), "head_node_type"))
 
 
+@pytest.mark.fault("bad_input")
 def test_head_without_trial_driver_resource(capsys, tmp_path):
     data = _cluster()
     data["available_node_types"]["head"]["resources"] = {"CPU": 0}
@@ -114,6 +118,7 @@ def test_head_without_trial_driver_resource(capsys, tmp_path):
     )
 
 
+@pytest.mark.fault("bad_input")
 def test_gpu_space_without_gpu_workers(capsys, tmp_path):
     data = _cluster()
     types = data["available_node_types"]
@@ -134,11 +139,13 @@ def test_gpu_space_without_gpu_workers(capsys, tmp_path):
         ({"workers": 16, "gpus_per_worker": 1, "cpus_per_worker": 8}, ("resources.workers", "15")),
     ],
 )
+@pytest.mark.fault("bad_input")
 def test_trial_that_no_cluster_size_holds(capsys, tmp_path, resources, names):
     space = _write(tmp_path, "s.yaml", _space(storage_path=S3, resources=resources))
     _fails(capsys, CLUSTER, space, names=("s.yaml", *names))
 
 
+@pytest.mark.fault("bad_input")
 def test_max_concurrent_too_big(capsys, tmp_path):
     space = _write(tmp_path, "s.yaml", _space(storage_path=S3, max_concurrent=64))
     line = _fails(capsys, CLUSTER, space, names=("s.yaml", "max_concurrent"))
@@ -160,6 +167,7 @@ def test_max_concurrent_too_big(capsys, tmp_path):
         (lambda d: d.update(no_such_key=1), "no_such_key"),
     ],
 )
+@pytest.mark.fault("bad_input")
 def test_schema_violation_names_the_key_path(capsys, tmp_path, edit, key):
     data = _cluster()
     edit(data)
@@ -167,6 +175,7 @@ def test_schema_violation_names_the_key_path(capsys, tmp_path, edit, key):
     _fails(capsys, path, names=(str(path), key))
 
 
+@pytest.mark.fault("bad_input")
 def test_not_yaml_and_missing_file(capsys, tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text("provider: [\n")

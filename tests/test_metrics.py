@@ -172,6 +172,7 @@ def test_positive_beyond_rank_2048_counts() -> None:
     assert res["rank1"] == 0.0 and res["cmc"][-1] == 0.0
 
 
+@pytest.mark.fault("bad_input")
 def test_no_valid_query_raises() -> None:
     qf = np.eye(2, dtype=np.float32)
     with pytest.raises(DatasetError, match="no query has a valid match"):

@@ -311,6 +311,7 @@ def test_npz_big_vision_weights_load(tmp_path):
     assert big.pos_embed.shape == (1, 1 + 6 * 3, 32)
 
 
+@pytest.mark.fault("bad_input")
 def test_bad_weights_files_name_the_file(tmp_path):
     dst = build_backbone(NAME, (64, 32), **TINY)
     wrong = tmp_path / "wrong_keys.safetensors"

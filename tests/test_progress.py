@@ -41,7 +41,8 @@ def _trial(trial_id: str, status: str = "RUNNING", head=None, lr=None) -> Simple
         trial_id=trial_id,
         status=status,
         config={key: value for key, value in params.items() if value is not None},
-        run_metadata=SimpleNamespace(last_result={}),
+        # Tune's last result of a trial that ended says done (not one Ctrl-C cut)
+        run_metadata=SimpleNamespace(last_result={"done": True} if status == "TERMINATED" else {}),
         pickled_error_file=None,
         error_file=None,
     )
@@ -130,11 +131,15 @@ def test_progress_line_estimates_the_time_left_from_the_work_done():
     assert "left: ?" in fresh.progress_line([_trial("x")])
     # A trial this run started that Tune ended without completing it (Ctrl-C) is not done.
     cut = _trial("cut", "TERMINATED")
-    fresh.on_trial_start(0, [cut], cut)
+    cut.run_metadata.last_result = {"epoch": 2}
     assert fresh.progress_line([cut]).startswith("0/4 trials done (1 interrupted)")
     restored = _trial("old", "TERMINATED")  # finished in an earlier run of a resumed search
-    restored.run_metadata.last_result = {"epoch": 8, "score": 0.1}
+    restored.run_metadata.last_result = {"epoch": 8, "score": 0.1, "done": True}
     assert fresh.progress_line([restored]).startswith("1/4 trials done |")
+    # Ctrl-C marks the trials it cuts TERMINATED, even one this run had not started yet.
+    pending = _trial("pending", "TERMINATED")
+    pending.run_metadata.last_result = {}
+    assert fresh.progress_line([pending]).startswith("0/4 trials done (1 interrupted)")
 
 
 def test_table_lists_running_trials_first_then_the_best_and_marks_the_best():

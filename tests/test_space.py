@@ -518,6 +518,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("text", "key", "words"), BAD, ids=[b[1] or b[2] for b in BAD])
+@pytest.mark.fault("bad_input")
 def test_malformed_space_raises_one_line_naming_file_and_key(
     tmp_path: Path, text: str, key: str, words: str
 ) -> None:
@@ -531,6 +532,7 @@ def test_malformed_space_raises_one_line_naming_file_and_key(
     assert words in msg, msg
 
 
+@pytest.mark.fault("bad_input")
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_search_space(tmp_path / "nope.yaml")

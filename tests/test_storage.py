@@ -57,6 +57,7 @@ def test_s3_round_trip_and_writable_check(s3_env):
     assert not storage.exists(storage.join(root, "search-2"))
 
 
+@pytest.mark.fault("bad_input")
 def test_unreachable_bucket_is_one_line(s3_env):
     with pytest.raises(ReidSearchError) as err:
         storage.check_writable("s3://no-such-bucket/runs", "spaces/x.yaml: storage_path")
@@ -90,6 +91,7 @@ def test_dataset_root_on_s3_is_fetched_once(s3_env, tmp_path):
     np.testing.assert_array_equal(again.cache.images, prepared.cache.images)
 
 
+@pytest.mark.fault("bad_input")
 def test_missing_dataset_uri_is_one_line(s3_env):
     from reidsearch.storage import local_copy
 
@@ -116,3 +118,33 @@ def test_weights_file_on_s3(s3_env, tmp_path):
         assert torch.equal(loaded.state_dict()[name], tensor), name
     copies = list((Path(storage.default_cache_root()) / "downloads").iterdir())
     assert [p.suffix for p in copies] == [".safetensors"]
+
+
+def _with_credentials(s3, path: str) -> str:
+    """An s3:// URI carrying its credentials (pyarrow: ``s3://KEY:SECRET@bucket``) and its
+    endpoint (query parameters)."""
+    host = s3.endpoint.removeprefix("http://")
+    uri = s3.uri(path).replace("s3://", "s3://testing:S3CRET@", 1)
+    return f"{uri}?endpoint_override={host}&scheme=http"
+
+
+def test_uris_with_credentials_and_a_query_work_and_are_masked_in_errors(s3, tmp_path, monkeypatch):
+    """Joined paths go before the ``?query`` (else the endpoint would be mangled), local
+    copies are not named after it, and error lines show the credentials masked."""
+    monkeypatch.setenv("REIDSEARCH_CACHE", str(tmp_path / "cache"))
+    root = _with_credentials(s3, "runs-q")
+    assert storage.join(root, "a", "b.json").startswith(root.split("?")[0] + "/a/b.json?")
+    assert storage.basename(storage.join(root, "search-1")) == "search-1"
+    storage.check_writable(root, "storage_path")
+    storage.write_text(storage.join(root, "search-1", "state.json"), "ok")
+    assert storage.read_text(storage.join(root, "search-1", "state.json")) == "ok"
+    assert storage.list_dirs(root) == ["search-1"]
+    copy = storage.local_copy(storage.join(root, "search-1", "state.json"), "model.weights")
+    assert copy.read_text() == "ok" and copy.name.endswith("-state.json")
+
+    missing = _with_credentials(s3, "nothing/here")
+    with pytest.raises(ReidSearchError) as err:
+        storage.local_copy(missing, "data.root")
+    message = str(err.value)
+    assert "S3CRET" not in message and "s3://***:***@" in message and "\n" not in message
+    assert "no such file or folder" in message and s3.endpoint.removeprefix("http://") in message

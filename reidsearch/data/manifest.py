@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from reidsearch.errors import DatasetError
+from reidsearch.errors import DatasetError, some_names
 
 SPLITS = ("train", "query", "gallery")
 MARKET_STYLE = ("market1501", "dukemtmc")  # layouts where pid 0 means "distractor"
@@ -51,6 +51,16 @@ def _relative(path: Any, root: Path) -> str:
     return PurePosixPath(*p.parts).as_posix()
 
 
+def _train_labels(pid: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Train rows: 0..C-1 in order of sorted pid (so two parses of one folder agree); others -1."""
+    is_train = split == "train"
+    label = np.full(len(pid), -1, dtype=np.int64)
+    if is_train.any():
+        _, inverse = np.unique(pid[is_train], return_inverse=True)
+        label[is_train] = inverse
+    return label
+
+
 def make_manifest(
     rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], root: str | Path, layout: str
 ) -> pa.Table:
@@ -68,11 +78,7 @@ def make_manifest(
     pid = np.asarray(cols["pid"], dtype=np.int64)
     camid = np.asarray(cols["camid"], dtype=np.int64)
     split = np.asarray(cols["split"], dtype=object)
-    is_train = split == "train"
-    label = np.full(len(pid), -1, dtype=np.int64)
-    if is_train.any():
-        _, inverse = np.unique(pid[is_train], return_inverse=True)
-        label[is_train] = inverse
+    label = _train_labels(pid, split)
     rank = np.array([SPLITS.index(s) for s in split], dtype=np.int64)
     order = sorted(range(len(paths)), key=lambda i: (rank[i], paths[i]))
     table = pa.table(
@@ -130,6 +136,29 @@ def with_root(table: pa.Table, root: str | Path) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta[b"root"] = str(Path(root).expanduser().resolve()).encode()
     return table.replace_schema_metadata(meta)
+
+
+def drop_unreadable(table: pa.Table, paths: Sequence[str]) -> pa.Table:
+    """The manifest without the rows of ``paths`` (images that cannot be decoded), order kept.
+
+    Train labels are made dense again, so an identity whose every image was dropped leaves no
+    empty class. A split that loses all its images is an error naming some of them.
+    """
+    gone = set(paths)
+    names = table.column("path").to_pylist()
+    keep = np.array([p not in gone for p in names], dtype=bool)
+    split = np.asarray(table.column("split").to_pylist(), dtype=object)
+    for name in SPLITS:
+        if (split == name).any() and not (keep & (split == name)).any():
+            dropped = [p for p, s in zip(names, split, strict=True) if s == name]
+            raise DatasetError(
+                f"{manifest_root(table)}: every {name} image is unreadable ({some_names(dropped)})"
+            )
+    kept = table.filter(pa.array(keep))
+    label = _train_labels(kept.column("pid").to_numpy(), split[keep])
+    return kept.set_column(
+        kept.schema.get_field_index("label"), "label", pa.array(label, pa.int64())
+    )
 
 
 def split_view(table: pa.Table, split: str) -> pa.Table:

@@ -8,6 +8,7 @@ published atomically once per machine and reused by every later trial and epoch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import pyarrow as pa
 
 from reidsearch.config import DataConfig
 from reidsearch.data.cache import ImageCache, build_image_cache
-from reidsearch.data.manifest import manifest_layout, manifest_root
+from reidsearch.data.manifest import drop_unreadable, manifest_layout, manifest_root
 from reidsearch.data.parsers import parse_dataset
 from reidsearch.data.synthetic import ensure_synthetic
-from reidsearch.errors import DatasetError
+from reidsearch.errors import DatasetError, some_names
 from reidsearch.storage import local_copy
 
 
@@ -35,6 +36,8 @@ class PreparedData:
     gallery_index: np.ndarray
     num_classes: int
     query_leaks: int | None = None  # byte-identical query/gallery images, once known
+    # Images left out as undecodable (data.skip_unreadable): manifest paths, not in `manifest`.
+    unreadable: tuple[str, ...] = ()
 
     def _column(self, name: str, index: np.ndarray) -> np.ndarray:
         return self.manifest.column(name).to_numpy()[index]
@@ -64,7 +67,7 @@ class PreparedData:
 def data_identity(cfg: DataConfig) -> dict:
     """The settings that decide the prepared arrays (not augmentation): equal identities share
     one prepared dataset."""
-    keys = {"layout", "root", "synthetic", "camera_regex", "height", "width"}
+    keys = {"layout", "root", "synthetic", "camera_regex", "height", "width", "skip_unreadable"}
     return cfg.model_dump(include=keys)
 
 
@@ -78,17 +81,38 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
+    """Parse, decode (once per machine) and index ``cfg``'s dataset; with
+    ``skip_unreadable``, images that cannot be decoded are dropped with a warning."""
     root, layout = resolve_root(cfg)
     manifest = parse_dataset(root, layout, camera_regex=cfg.camera_regex)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
-    cache = build_image_cache(manifest, cfg.height, cfg.width, cache_dir=cache_dir)
-    return assemble(manifest, cache)
+    cache = build_image_cache(
+        manifest, cfg.height, cfg.width, cache_dir=cache_dir, skip_unreadable=cfg.skip_unreadable
+    )
+    if cache.unreadable:
+        manifest = drop_unreadable(manifest, cache.unreadable)
+        print(
+            f"reidsearch: warning: {_unreadable_warning(root, cache.unreadable)}", file=sys.stderr
+        )
+    prepared = assemble(manifest, cache)
+    prepared.unreadable = cache.unreadable
+    return prepared
+
+
+def _unreadable_warning(root: Path, unreadable: tuple[str, ...]) -> str:
+    n = len(unreadable)
+    return (
+        f"{root}: skipped {n} unreadable image{'s' if n != 1 else ''} "
+        f"(data.skip_unreadable): {some_names(unreadable)}"
+    )
 
 
 def assemble(manifest: pa.Table, cache: ImageCache) -> PreparedData:
     """Index arrays of ``manifest`` over its decoded ``cache`` (rows in manifest order)."""
     root = manifest_root(manifest)
     layout = manifest_layout(manifest) or "dataset"
+    if len(cache) != manifest.num_rows:  # a bug, never the user's input: rows must agree
+        raise ValueError(f"{cache.path}: {len(cache)} cached images for {manifest.num_rows} rows")
     split = np.asarray(manifest.column("split").to_pylist())
     labels = manifest.column("label").to_numpy()
     train_index = np.flatnonzero(split == "train")

@@ -135,7 +135,7 @@ def how_many_trials_fit(cluster: ClusterFile, scaling: ScalingConfig) -> int:
 def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
     """Raise ConfigError (one line, naming a file and key) when the space cannot run on the
     cluster; return how many of its trials fit at once."""
-    cfile, sfile, scaling = cluster.path, space.source, space.resources
+    cfile, sfile = cluster.path, space.source
     if cluster.head.resources.get(TRIAL_DRIVER_RESOURCE, 0) < 1:
         where = (
             "head_start_ray_commands (--resources)"
@@ -146,26 +146,7 @@ def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
             f"{cfile}: {where}: the head declares no {TRIAL_DRIVER_RESOURCE} (e.g. "
             f"{TRIAL_DRIVER_RESOURCE}: 1000); trial drivers could land on spot GPU nodes"
         )
-    workers = cluster.worker_types
-    if scaling.gpus_per_worker > 0 and not any(t.resources.get("GPU", 0) > 0 for t in workers):
-        raise ConfigError(
-            f"{sfile}: resources.gpus_per_worker: {scaling.gpus_per_worker:g} GPUs per worker "
-            f"but no worker node type of {cfile} has GPUs"
-        )
-    per_node = {t.name: workers_per_node(t, scaling) for t in workers if t.max_workers > 0}
-    if not any(per_node.values()):
-        types = "; ".join(f"{t.name}: {_shape(t.resources)}" for t in workers)
-        raise ConfigError(
-            f"{sfile}: resources: one worker ({_shape(worker_demand(scaling))}) fits no "
-            f"worker node type of {cfile} ({types})"
-        )
-    slots = worker_slots(cluster, scaling)
-    if slots < scaling.workers:
-        raise ConfigError(
-            f"{sfile}: resources.workers: a trial of {scaling.workers} workers needs more than "
-            f"{cfile} holds at its maximum size ({slots} such workers)"
-        )
-    fits = how_many_trials_fit(cluster, scaling)
+    fits = check_trial_fits(cluster, space)
     if space.max_concurrent > fits:
         raise ConfigError(
             f"{sfile}: max_concurrent: {space.max_concurrent} trials at once, but {fits} fit "
@@ -178,6 +159,39 @@ def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
             f"{cfile} do not share the head's disk: use s3://... or gs://..."
         )
     return fits
+
+
+_KEYS = {"CPU": "cpus_per_worker", "GPU": "gpus_per_worker"}
+
+
+def check_trial_fits(cluster: ClusterFile, space: SearchSpace) -> int:
+    """Raise ConfigError when no node mix of the cluster could ever run one trial of the
+    space (what ``run`` refuses too; waiting for the autoscaler is fine); return how many
+    trials fit at once at the cluster's maximum size."""
+    cfile, sfile, scaling = cluster.path, space.source, space.resources
+    workers = [t for t in cluster.worker_types if t.max_workers > 0]
+    if scaling.gpus_per_worker > 0 and not any(t.resources.get("GPU", 0) > 0 for t in workers):
+        raise ConfigError(
+            f"{sfile}: resources.gpus_per_worker: {scaling.gpus_per_worker:g} GPUs per worker "
+            f"but no worker node type of {cfile} has GPUs"
+        )
+    if not any(workers_per_node(t, scaling) for t in workers):
+        demand = worker_demand(scaling)
+        most = {k: max((t.resources.get(k, 0.0) for t in workers), default=0.0) for k in demand}
+        short = [k for k, v in demand.items() if v > most[k] + _EPS]
+        key = f"resources.{_KEYS[short[0]]}" if len(short) == 1 else "resources"
+        types = "; ".join(f"{t.name}: {_shape(t.resources)}" for t in workers) or "none"
+        raise ConfigError(
+            f"{sfile}: {key}: one worker ({_shape(demand)}) fits no worker node type of "
+            f"{cfile} ({types})"
+        )
+    slots = worker_slots(cluster, scaling)
+    if slots < scaling.workers:
+        raise ConfigError(
+            f"{sfile}: resources.workers: a trial of {scaling.workers} workers needs more than "
+            f"{cfile} holds at its maximum size ({slots} such workers)"
+        )
+    return how_many_trials_fit(cluster, scaling)
 
 
 def _shape(resources: dict[str, float]) -> str:
@@ -208,6 +222,7 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
                 f"{path}: head_node_type: {head!r} is not one of available_node_types "
                 f"({', '.join(map(str, types))})"
             )
+        _check_node_types(path, provider["type"], types)
     config = _ray_validate(path, raw)
     if local:
         return _local_cluster(path, config)
@@ -223,6 +238,20 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
     return ClusterFile(
         path, provider["type"], config["head_node_type"], node_types, config["max_workers"], config
     )
+
+
+def _check_node_types(path: Path, provider: str, types: dict[str, Any]) -> None:
+    """What Ray's schema lets through but no launcher can start, named by its key."""
+    for name, spec in types.items():
+        key = f"{path}: available_node_types.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}: expected a mapping (node_config, resources, max_workers)")
+        config = spec.get("node_config")
+        if provider == "aws" and isinstance(config, dict) and not config.get("InstanceType"):
+            raise ConfigError(
+                f"{key}.node_config.InstanceType: missing; the AWS launcher needs the instance "
+                "type of each node type (e.g. g5.2xlarge)"
+            )
 
 
 def _ray_validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:

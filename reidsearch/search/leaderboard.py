@@ -17,6 +17,7 @@ from reidsearch.search.tracking import (
     PARENT_TAG,
     SCORED_PREFIX,
 )
+from reidsearch.storage import basename
 
 EXPERIMENT_DIR_TAG = "reidsearch.experiment_dir"
 TRIAL_TAG = "reidsearch.trial_id"
@@ -35,7 +36,7 @@ class Leaderboard:
 
 def _search_label(run: Any) -> str:
     folder = run.data.tags.get(EXPERIMENT_DIR_TAG, "")
-    return folder.rstrip("/").rsplit("/", 1)[-1] or run.info.run_id
+    return basename(folder) or run.info.run_id  # (a URI's ?query is not part of the name)
 
 
 def _find_experiment(client: Any, tracking_uri: str, experiment: str | None) -> Any:

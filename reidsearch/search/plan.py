@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from reidsearch.errors import ReidSearchError, first_line
+from reidsearch.redact import mask_secrets
 from reidsearch.search.cluster import (
     TRIAL_DRIVER_CPUS,
     Capacity,
@@ -37,6 +38,7 @@ class SearchPlan:
         return join(self.experiment_dir, "train")
 
     def describe(self) -> str:
+        """The plan in a few lines, credentials in its URIs masked (it is printed)."""
         lines = [
             f"experiment dir : {self.experiment_dir}",
             f"mlflow         : {self.tracking_uri} (experiment {self.experiment!r})",
@@ -46,7 +48,7 @@ class SearchPlan:
             lines.append(f"local ray      : {self.local_cpus:g} logical CPUs")
         else:
             lines.append(f"ray cluster    : {self.ray_address}")
-        return "\n".join(lines)
+        return mask_secrets("\n".join(lines))
 
 
 def latest_experiment_dir(space: SearchSpace) -> str | None:

@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from reidsearch.engine.scoring import SCORE_KEY
 from reidsearch.search.tracking import trial_params
-from reidsearch.search.trial_outcome import failure_reason
+from reidsearch.search.trial_outcome import failure_reason, trial_ended
 
 REDRAW_EVERY_S = 2.0  # the live table, on a terminal
 PROGRESS_EVERY_S = 60.0  # the plain progress line at first; later every tenth of the elapsed time
@@ -86,7 +86,6 @@ class SearchProgress(Callback):
         self.start = clock()
         self._results: dict[str, dict[str, Any]] = {}  # last result seen per trial
         self._ended: dict[str, str] = {}  # finished / stopped / failed
-        self._started: set[str] = set()  # trials this run started (not restored finished ones)
         self._done_before = 0  # trials already done when this run began (a resumed search)
         self._seen_first_step = False
         self._drawn = 0  # lines of the live table now on the terminal
@@ -113,8 +112,8 @@ class SearchProgress(Callback):
         if trial.trial_id in self._ended:
             return self._ended[trial.trial_id]
         status = str(trial.status)
-        if status == "TERMINATED":  # never completed in this run: restored, or interrupted
-            return "interrupted" if trial.trial_id in self._started else self._end_state(trial)
+        if status == "TERMINATED":  # not completed in this run: restored, or interrupted
+            return self._end_state(trial) if trial_ended(trial) else "interrupted"
         return {"ERROR": "failed"}.get(status, status.lower())
 
     def _end_state(self, trial: Any) -> str:
@@ -286,9 +285,6 @@ class SearchProgress(Callback):
         elif now - self._last_line >= max(PROGRESS_EVERY_S, (now - self.start) / 10):
             self._last_line = now
             self._write(f"progress: {self.progress_line(trials)}\n")
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._started.add(trial.trial_id)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any

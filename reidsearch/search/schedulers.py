@@ -14,7 +14,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from reidsearch.storage import exists, join, read_text, write_text
+from reidsearch.search.state_files import state_path
+from reidsearch.storage import exists, read_text, write_text
 
 ASHA_STATE_FILE = "asha_state.json"
 
@@ -84,9 +85,10 @@ class ResumableASHA(ASHAScheduler):
             return TrialScheduler.STOP  # stopped before the driver went down: stays stopped
         before = self._recorded_count()
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP:
+        cut = action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t
+        if cut:  # (a trial that reached max_t is also told STOP: it has simply ended)
             self._stopped.add(trial.trial_id)
-        if action == TrialScheduler.STOP or self._recorded_count() != before:
+        if cut or self._recorded_count() != before:
             self._save()
         return action
 
@@ -113,7 +115,7 @@ def build_scheduler(
     if kind == "none":
         return FIFOScheduler()
     return ResumableASHA(
-        state_path=join(experiment_dir, ASHA_STATE_FILE),
+        state_path=state_path(experiment_dir, ASHA_STATE_FILE),
         time_attr="epoch",
         max_t=max_t,
         grace_period=grace_period,

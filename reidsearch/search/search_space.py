@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from reidsearch.config import ObjectiveConfig, ScalingConfig, TrialConfig, with_overrides
 from reidsearch.errors import ConfigError
+from reidsearch.redact import mask_secrets
 from reidsearch.search.params import DefineByRun, ParamSpec, format_value
 from reidsearch.search.space_schema import MlflowSettings, SchedulerSettings
 from reidsearch.storage import absolute
@@ -158,7 +159,8 @@ class SearchSpace:
     # ---- reporting ---------------------------------------------------------------------
 
     def describe(self) -> str:
-        """A multi-line summary of the resolved space (for ``reidsearch run --dry-run``)."""
+        """A multi-line summary of the resolved space (for ``reidsearch run --dry-run``), with
+        credentials in its URIs masked."""
         c = self.fixed_config
         searched = set(self.keys)
 
@@ -241,7 +243,7 @@ class SearchSpace:
             f"{self.mlflow.tracking_uri or 'local sqlite store'}"
         )
         lines.append(f"storage: {self.storage_root()}, max_failures {self.max_failures}")
-        return "\n".join(lines)
+        return mask_secrets("\n".join(lines))
 
     def _describe_objective(self) -> str:
         o = self.objective

@@ -37,6 +37,7 @@ class Shipment:
     manifest: Any  # ray.ObjectRef[pa.Table]
     images: Any  # ray.ObjectRef[np.ndarray], N x H x W x 3 uint8
     query_leaks: int
+    unreadable: tuple[str, ...] = ()  # images the driver dropped (data.skip_unreadable)
     weights_identity: dict[str, Any] | None = None
     weights: Any = None  # ray.ObjectRef[bytes] of a .safetensors file
     weights_sha: str = ""
@@ -73,7 +74,8 @@ def _backbone_bytes(cfg: TrialConfig) -> bytes:
 
 def ship_inputs(cfg: TrialConfig) -> Shipment:
     """Prepare ``cfg``'s data (and starting weights) here, once, and put them in the object
-    store. Also checks the split for query/gallery leaks once, for every trial."""
+    store. Also checks the split for query/gallery leaks once, for every trial. Images dropped
+    as unreadable are absent from both the manifest and the array (their rows agree)."""
     prepared = prepare_data(cfg.data)
     leaks = check_leaks(prepared)
     shipment = Shipment(
@@ -81,6 +83,7 @@ def ship_inputs(cfg: TrialConfig) -> Shipment:
         manifest=ray.put(prepared.manifest),
         images=ray.put(np.asarray(prepared.cache.images)),
         query_leaks=leaks,
+        unreadable=prepared.unreadable,
     )
     identity = weights_identity(cfg)
     if identity is not None:
@@ -101,6 +104,7 @@ def received_data(shipment: Shipment | None, cfg: TrialConfig) -> PreparedData |
     images = ray.get(shipment.images)  # zero-copy view of this node's object store
     prepared = assemble(ray.get(shipment.manifest), ImageCache(OBJECT_STORE, images))
     prepared.query_leaks = shipment.query_leaks
+    prepared.unreadable = shipment.unreadable
     return prepared
 
 

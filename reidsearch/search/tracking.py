@@ -31,6 +31,7 @@ from reidsearch.redact import mask_secrets
 from reidsearch.search.mlflow_experiment import get_or_create_experiment
 from reidsearch.search.params import ParamSpec
 from reidsearch.search.search_summary import log_search_summary
+from reidsearch.search.state_files import state_path
 from reidsearch.storage import exists, filesystem, join, read_text, write_text
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -137,7 +138,7 @@ class MLflowSearchTracker(Callback):
 
     # -- state kept beside the Tune experiment so a resumed search continues the same runs --
     def _state_path(self) -> str:
-        return join(self.experiment_dir, STATE_FILE)
+        return state_path(self.experiment_dir, STATE_FILE)
 
     def _save_state(self) -> None:
         write_text(self._state_path(), json.dumps(self._state, indent=1))
@@ -160,8 +161,10 @@ class MLflowSearchTracker(Callback):
         return self._state["parent"]
 
     def setup(self, **info: Any) -> None:
-        if exists(self._state_path()):
-            self._state = json.loads(read_text(self._state_path()))
+        for path in (self._state_path(), join(self.experiment_dir, STATE_FILE)):
+            if exists(path):  # (the second: where earlier versions kept it)
+                self._state = json.loads(read_text(path))
+                break
         if "parent" not in self._state:
             experiment_id = get_or_create_experiment(
                 self.client, self.experiment, self.tracking_uri
@@ -352,7 +355,9 @@ class MLflowSearchTracker(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """The search ended, or was interrupted (Ctrl-C: Tune stops, saves and ends here)."""
-        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        from reidsearch.search.trial_outcome import trial_ended
+
+        unfinished = [t for t in trials if not trial_ended(t)]
         if unfinished:  # interrupted: `--resume` continues these runs
             for trial in unfinished:
                 entry = self._state["trials"].get(trial.trial_id)

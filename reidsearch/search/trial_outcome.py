@@ -54,6 +54,19 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ended(failed: bool, last_result: dict[str, Any] | None) -> bool:
+    """Whether a Tune trial really ended: it failed, or its last result is ``done`` (finished,
+    or stopped by the scheduler). Ctrl-C ends a search with its running and pending trials
+    marked TERMINATED as well, but not done: they were interrupted, and ``--resume`` goes on."""
+    return failed or bool((last_result or {}).get("done"))
+
+
+def trial_ended(trial: Any) -> bool:
+    """``ended`` for a Tune ``Trial`` (in a callback)."""
+    last = getattr(getattr(trial, "run_metadata", None), "last_result", None)
+    return ended(str(trial.status) == "ERROR", last)
+
+
 def failure_reason(trial: Any) -> str:
     """One line on why a trial failed: the user error or divergence behind Ray's wrappers,
     else the innermost exception's first line, else the last line of Tune's error file."""
