@@ -8,14 +8,14 @@ a malformed file answer at once. User errors print one line and exit with code 2
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from reidsearch import __version__
-from reidsearch.cli_cluster import add_cluster_commands, check_run_cluster
+from reidsearch.cli_cluster import add_cluster_commands
 from reidsearch.cli_model import add_model_commands
+from reidsearch.cli_run import add_run_command, data_folder
 from reidsearch.config import LAYOUTS
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
@@ -37,23 +37,8 @@ def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
         if value is not None:
             overrides[key] = value
     if getattr(args, "data", None) is not None:
-        overrides["data.root"] = _data_folder(args.data)
+        overrides["data.root"] = data_folder(args.data)
     return with_overrides(cfg, overrides) if overrides else cfg
-
-
-def _data_folder(path: str) -> str:
-    """The absolute path of a ``--data`` folder (Ray workers run elsewhere), checked early;
-    an ``s3://`` / ``gs://`` URI as it is (the search checks it before Ray starts)."""
-    from reidsearch.storage import is_uri
-
-    if is_uri(path):
-        return path
-    folder = Path(path).expanduser().resolve()
-    if folder.is_file():
-        raise ReidSearchError(f"{path}: --data: a file, not a dataset folder")
-    if not folder.is_dir():
-        raise ReidSearchError(f"{path}: --data: no such folder")
-    return str(folder)
 
 
 # --------------------------------------------------------------------------------- commands
@@ -124,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(
         Path(args.checkpoint),
-        data=_data_folder(args.data) if args.data is not None else None,
+        data=data_folder(args.data) if args.data is not None else None,
         layout=args.layout,
         rerank=args.rerank,
         flip=args.flip,
@@ -140,81 +125,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"pictures written to {args.out}")
     return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from reidsearch.search.space import load_search_space
-
-    space = load_search_space(args.space)
-    if args.data is not None:
-        space = space.with_data_root(_data_folder(args.data))
-    if args.storage is not None:
-        space = dataclasses.replace(space, storage_path=args.storage)
-    if args.cluster is not None:  # before Ray starts (the driver checks it once Ray is up)
-        check_run_cluster(space, args)
-    if args.dry_run:
-        from reidsearch.search.plan import plan_search
-
-        plan = plan_search(
-            space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
-        )
-        print(space.describe())
-        print(plan.describe())
-        return 0
-    from reidsearch.search.driver import run_search
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
-
-    plan, results = run_search(
-        space,
-        address=args.address,
-        tracking_uri=args.tracking_uri,
-        resume=args.resume,
-        cluster_file=args.cluster,
-        verbose=1 if args.verbose else 0,
-        progress=not args.verbose,
-    )
-    from reidsearch.search.trial_outcome import ended
-    from reidsearch.storage import basename
-
-    done = sum(ended(r.error is not None, r.metrics) for r in results)
-    if done < space.total_trials():  # Ctrl-C: Tune stopped, saved its state and returned
-        print(
-            f"reidsearch: search interrupted with {done} of {space.total_trials()} trials "
-            f"done; continue it with: {_resume_command(args)}",
-            file=sys.stderr,
-        )
-        return 130
-    board = fetch_leaderboard(
-        plan.tracking_uri, plan.experiment, search=basename(plan.experiment_dir), top=args.top
-    )
-    print(format_leaderboard(board))
-    from reidsearch.search.mlflow_view import DEFAULT_UI, search_view, ui_base
-
-    view = search_view(plan.tracking_uri, plan.experiment, basename(plan.experiment_dir))
-    if ui_base(plan.tracking_uri) == DEFAULT_UI:  # a local store: its UI is `reidsearch ui`
-        print(f"\nreview it: reidsearch ui --tracking-uri {mask_secrets(plan.tracking_uri)}")
-    print(f"the trials in MLflow, best first: {mask_secrets(view.url(ui_base(plan.tracking_uri)))}")
-    if results.num_errors == len(results):
-        from reidsearch.errors import first_line
-        from reidsearch.search.ray_train import user_error_behind
-
-        error = results.errors[0] if results.errors else RuntimeError("unknown")
-        cause = user_error_behind(error)
-        first = str(cause) if cause is not None else first_line(error)
-        raise ReidSearchError(
-            f"all {len(results)} trials failed (first: {first}); logs in {plan.experiment_dir}"
-        )
-    return 0
-
-
-def _resume_command(args: argparse.Namespace) -> str:
-    """The ``run`` command that continues this search: the same options, plus ``--resume``."""
-    words = ["reidsearch", "run", str(args.space)]
-    for option in ("data", "storage", "tracking_uri", "cluster", "address"):
-        value = getattr(args, option)
-        if value is not None:
-            words += [f"--{option.replace('_', '-')}", mask_secrets(str(value))]
-    return " ".join([*words, "--resume"])
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -273,41 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reidsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a search space (Ray Tune + Optuna + ASHA, MLflow)")
-    p.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
-    p.add_argument(
-        "--address",
-        help="Ray cluster address; default: the Ray already running on this machine (a "
-        "`ray up` head node), else an embedded local Ray; 'local' always starts a private one",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db)",
-    )
-    p.add_argument("--data", help="dataset folder (overrides fixed.data.root)")
-    p.add_argument(
-        "--storage",
-        help="where results and checkpoints go (overrides storage_path): a folder, or an "
-        "s3:// / gs:// URI on a cluster of several nodes",
-    )
-    p.add_argument("--resume", action="store_true", help="resume the latest run of this space")
-    p.add_argument(
-        "--cluster",
-        help="the cluster file, to size concurrency by the cluster's maximum size (default: "
-        "$REIDSEARCH_CLUSTER_FILE, or ~/ray_bootstrap_config.yaml on a `ray up` head)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate and print the resolved space and resources; start nothing",
-    )
-    p.add_argument("--top", type=int, default=10, help="rows of the final leaderboard")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Ray's full output (Tune's tables, worker logs) instead of the compact live table",
-    )
-    p.set_defaults(func=cmd_run)
+    add_run_command(sub)
 
     p = sub.add_parser("train", help="train one trial config on Ray Train (DDP on N workers)")
     p.add_argument("config", help="trial config YAML, or a search space (its fixed: settings)")
