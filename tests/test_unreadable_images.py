@@ -203,3 +203,18 @@ def test_no_readable_image_at_all_is_one_line(clean: Path, tmp_path: Path) -> No
 def test_the_setting_decides_which_prepared_data_a_trial_may_reuse() -> None:
     """The search ships the driver's prepared data to trials of the same data identity only."""
     assert data_identity(DataConfig(skip_unreadable=True)) != data_identity(DataConfig())
+
+
+@pytest.mark.fault("bad_input")
+def test_a_trial_reports_how_many_images_it_skipped(broken, tmp_path: Path) -> None:
+    """The count reaches every epoch's report (MLflow logs it as ``unreadable_images``)."""
+    from reidsearch.config import TrialConfig
+    from reidsearch.engine.trainer import train
+    from tests.conftest import tiny_config_dict
+
+    root, _, _ = broken
+    cfg = tiny_config_dict(epochs=1, **{"sampler.p": 2, "sampler.k": 2})
+    cfg["data"] = _config(root, tmp_path, skip_unreadable=True).model_dump()
+    reports: list[dict] = []
+    train(TrialConfig.model_validate(cfg), lambda metrics, payload: reports.append(metrics))
+    assert [r["unreadable_images"] for r in reports] == [2]

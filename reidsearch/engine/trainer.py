@@ -239,6 +239,7 @@ def train(
             **scorer.report(),
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
             "query_leaks": leaks,
+            "unreadable_images": len(data.unreadable),  # skipped (data.skip_unreadable)
             **untrained,
         }
         payload = None

@@ -59,6 +59,7 @@ CHART_METRICS = (
     "untrained_mAP",
     "untrained_rank1",
     "query_leaks",
+    "unreadable_images",
     "epoch",
     "loss",
     "ce",
