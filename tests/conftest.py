@@ -81,6 +81,23 @@ def learnable_config_dict(**overrides) -> dict:
     return cfg
 
 
+def write_tiny_market(root: Path) -> Path:
+    """A Market-1501 layout of 3 train and 2 test identities, 2 cameras, 40x20 JPEGs."""
+    from reidsearch.data.synthetic import generate_synthetic
+
+    generate_synthetic(
+        root,
+        layout="market1501",
+        ids=3,
+        test_ids=2,
+        cameras=2,
+        images_per_camera=2,
+        height=40,
+        width=20,
+    )
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from reidsearch.config import TrialConfig

@@ -18,24 +18,13 @@ from reidsearch.data.augment import BatchAugment
 from reidsearch.data.cache import build_image_cache
 from reidsearch.data.parsers import parse_dataset
 from reidsearch.data.sampler import PKSampler
-from reidsearch.data.synthetic import generate_synthetic
 from reidsearch.errors import ConfigError, DatasetError
+from tests.conftest import write_tiny_market
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("market")
-    generate_synthetic(
-        root,
-        layout="market1501",
-        ids=3,
-        test_ids=2,
-        cameras=2,
-        images_per_camera=2,
-        height=40,
-        width=20,
-    )
-    return root
+    return write_tiny_market(tmp_path_factory.mktemp("market"))
 
 
 def test_cache_matches_pil_and_is_reused(dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -190,3 +190,49 @@ def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(search_ray, tmp
     # Not retried: the trial's Ray Train run made a single attempt.
     train_runs = list((tmp_path / "runs").glob("nan-*/train/train_*"))
     assert len(train_runs) == 1
+
+
+@pytest.mark.fault("fault")
+def test_a_diverged_trial_fails_with_its_reason_the_search_goes_on_and_resume_skips_it(
+    search_ray, tmp_path, capsys
+):
+    from reidsearch.cli import main
+
+    space_file = _write_space(
+        tmp_path / "halfnan.yaml",
+        searcher="grid",
+        max_concurrent=1,
+        scheduler={"type": "none"},
+        fixed=tiny_config_dict(epochs=2, **{"optim.name": "sgd"}),
+        search={"optim.lr": {"type": "choice", "values": [1e12, 1e-3]}},
+    )
+    assert main(["run", str(space_file)]) == 0  # one trial diverged: the other one finished
+    assert "NaN or infinite" in capsys.readouterr().out  # the failure line gives its reason
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, _, children = _trial_runs(uri, "halfnan")
+    runs = {c.data.params["optim.lr"]: c for c in children}
+    diverged, learned = runs[str(1e12)], runs[str(1e-3)]
+    assert diverged.info.status == "FAILED" and learned.info.status == "FINISHED"
+    assert "NaN or infinite" in diverged.data.tags["reidsearch.failure"]
+    outcomes = {
+        json.loads(path.read_text())["status"]: path.parent
+        for path in (tmp_path / "runs").glob("halfnan-*/train/train_*/outcome.json")
+    }
+    assert set(outcomes) == {"diverged", "finished"}
+
+    def files(folder: Path) -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+    before_resume = {status: files(folder) for status, folder in outcomes.items()}
+
+    # --resume re-runs failed trials, but not one that diverged: it would diverge again.
+    assert main(["run", str(space_file), "--resume"]) == 0
+    _, _, after = _trial_runs(uri, "halfnan")
+    assert sorted(c.info.run_id for c in after) == sorted(c.info.run_id for c in children)
+    for before in children:
+        now = client.get_run(before.info.run_id)
+        assert (now.info.status, now.info.end_time) == (before.info.status, before.info.end_time)
+    # Neither Train run was touched: no new attempt, checkpoint or outcome.
+    assert {status: files(folder) for status, folder in outcomes.items()} == before_resume
+    history = client.get_metric_history(learned.info.run_id, "epoch")
+    assert [m.step for m in history] == [1, 2]

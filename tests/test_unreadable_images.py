@@ -12,27 +12,16 @@ from PIL import Image
 
 from reidsearch.config import DataConfig
 from reidsearch.data.parsers import parse_dataset
-from reidsearch.data.synthetic import generate_synthetic
 from reidsearch.engine.data import data_identity, prepare_data
 from reidsearch.errors import DatasetError
+from tests.conftest import write_tiny_market
 
 HEIGHT, WIDTH = 32, 16
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("market")
-    generate_synthetic(
-        root,
-        layout="market1501",
-        ids=3,
-        test_ids=2,
-        cameras=2,
-        images_per_camera=2,
-        height=40,
-        width=20,
-    )
-    return root
+    return write_tiny_market(tmp_path_factory.mktemp("market"))
 
 
 def _copy(clean: Path, tmp_path: Path) -> tuple[Path, list[str]]:
