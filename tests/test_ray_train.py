@@ -55,6 +55,7 @@ def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     assert state["metrics"]["mAP"] == pytest.approx(metrics["mAP"])
 
 
+@pytest.mark.fault("fault")
 def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp_path):
     from reidsearch.search.ray_train import build_torch_trainer
 
@@ -102,6 +103,7 @@ def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tm
     assert payload["metrics"]["score_epoch"] == best["epoch"]
 
 
+@pytest.mark.fault("fault")
 def test_a_diverged_run_stops_cleanly_and_is_not_retried(local_ray, tiny_config, tmp_path):
     from reidsearch.engine.trainer import TrainingDiverged
     from reidsearch.errors import ReidSearchError

@@ -171,6 +171,7 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     ]
 
 
+@pytest.mark.fault("fault")
 def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(search_ray, tmp_path, capsys):
     from reidsearch.cli import main
 
