@@ -207,6 +207,9 @@ def test_failure_reason_finds_the_divergence_behind_rays_wrappers(tmp_path):
     (tmp_path / "error.pkl").write_bytes(pickle.dumps(Wrapper(OSError("disk full\nmore"))))
     assert failure_reason(trial) == "OSError: disk full"
     assert "error.txt" in failure_reason(_trial("none"))
+    leaky = OSError("cannot write s3://AKID:SECRETKEY@bucket/runs")  # printed and logged: masked
+    (tmp_path / "error.pkl").write_bytes(pickle.dumps(Wrapper(leaky)))
+    assert failure_reason(trial) == "OSError: cannot write s3://***:***@bucket/runs"
 
 
 def test_the_reporter_survives_tunes_pickling_of_its_callbacks():

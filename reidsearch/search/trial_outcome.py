@@ -15,6 +15,7 @@ import pickle
 from typing import Any
 
 from reidsearch.errors import first_line
+from reidsearch.redact import mask_secrets
 from reidsearch.storage import exists, join, read_text, write_text
 
 OUTCOME_FILE = "outcome.json"
@@ -68,6 +69,12 @@ def trial_ended(trial: Any) -> bool:
 
 
 def failure_reason(trial: Any) -> str:
+    """One line on why a trial failed, with any credential in it masked (it is printed and
+    logged): see ``_failure_reason``."""
+    return mask_secrets(_failure_reason(trial))
+
+
+def _failure_reason(trial: Any) -> str:
     """One line on why a trial failed: the user error or divergence behind Ray's wrappers,
     else the innermost exception's first line, else the last line of Tune's error file."""
     from reidsearch.search.ray_train import user_error_behind
