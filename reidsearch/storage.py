@@ -161,6 +161,8 @@ def download(location: str, target: Path, what: str) -> Path:
         if info.type == fs.FileType.NotFound:
             raise _error(location, f"{what}: no such file or folder")
         copy = staging / "copy"  # copy_files takes a file or a whole folder alike
+        if info.type == fs.FileType.Directory:
+            copy.mkdir()  # (copy_files does not create it for a folder without subfolders)
         fs.copy_files(
             path, str(copy), source_filesystem=filesys, destination_filesystem=fs.LocalFileSystem()
         )

@@ -91,6 +91,15 @@ def test_dataset_root_on_s3_is_fetched_once(s3_env, tmp_path):
     np.testing.assert_array_equal(again.cache.images, prepared.cache.images)
 
 
+def test_a_flat_folder_is_downloaded(s3_env):
+    folder = s3_env.uri("flat")
+    for name in ("a.txt", "b.txt"):
+        storage.write_text(storage.join(folder, name), name)
+    copy = storage.local_copy(folder, "data.root")
+    assert sorted(p.name for p in copy.iterdir()) == ["a.txt", "b.txt"]
+    assert (copy / "b.txt").read_text() == "b.txt"
+
+
 @pytest.mark.fault("bad_input")
 def test_missing_dataset_uri_is_one_line(s3_env):
     from reidsearch.storage import local_copy
