@@ -78,6 +78,13 @@ def test_check_space_on_s3_storage_passes(capsys, tmp_path):
     assert "gpu_8x_h100" in out and "15 trials fit at once" in out
 
 
+def test_a_folder_every_node_mounts_passes(capsys, tmp_path):
+    """``file:///...`` is shared storage, as the search driver itself accepts it."""
+    space = _write(tmp_path, "nfs.yaml", _space(storage_path="file:///mnt/shared/runs"))
+    code, _, err = _check(capsys, CLUSTER, space)
+    assert code == 0, err
+
+
 def test_cluster_alone_passes(capsys):
     code, out, _ = _check(capsys, CLUSTER)
     assert code == 0 and "maximum size" in out

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from reidsearch.config import ScalingConfig, read_yaml
 from reidsearch.errors import ConfigError, first_line
 from reidsearch.search.cluster import TRIAL_DRIVER_RESOURCE
+from reidsearch.storage import is_uri
 
 if TYPE_CHECKING:
     from reidsearch.search.space import SearchSpace
@@ -156,7 +157,8 @@ def check_space(cluster: ClusterFile, space: SearchSpace) -> int:
     if cluster.multi_node and (storage is None or _is_local(storage)):
         raise ConfigError(
             f"{sfile}: storage_path: {storage or 'not set (a local folder)'}: worker nodes of "
-            f"{cfile} do not share the head's disk: use s3://... or gs://..."
+            f"{cfile} do not share the head's disk: use s3://... or gs://... (or file:///... "
+            "for a folder every node mounts)"
         )
     return fits
 
@@ -199,8 +201,9 @@ def _shape(resources: dict[str, float]) -> str:
 
 
 def _is_local(uri: str) -> bool:
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    return scheme in ("", "file", "local")
+    """A plain path (the head's own disk); ``file:///...`` names a folder every node mounts,
+    as the search driver's own check (``cluster.check_shared_storage``) accepts it."""
+    return not is_uri(uri)
 
 
 # ----------------------------------------------------------------------------------- loading
