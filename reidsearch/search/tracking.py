@@ -281,6 +281,11 @@ class MLflowSearchTracker(Callback):
         ]
         self.client.log_batch(entry["run_id"], metrics=metrics)
         entry["last_epoch"] = epoch
+        if entry.get("status") == "FAILED":  # a failed trial that --resume took up again
+            del entry["status"]
+            self.client.update_run(entry["run_id"], status="RUNNING")
+            if FAILURE_TAG in self.client.get_run(entry["run_id"]).data.tags:
+                self.client.delete_tag(entry["run_id"], FAILURE_TAG)
         resumed_from = int(result.get("start_epoch", 0))
         if resumed_from > 0 and resumed_from not in entry.setdefault("resumed_from", []):
             entry["resumed_from"].append(resumed_from)  # from the checkpoint of that epoch
