@@ -110,8 +110,9 @@ def test_killed_then_interrupted_search_resumes_without_losing_or_repeating(tmp_
         midway = [t for t in trials.values() if "status" not in t and t["last_epoch"] >= 1]
         return trials if finished and midway else None
 
-    before_kill = _wait_for(one_finished_one_midway, first, "a finished and a mid-way trial")
+    _wait_for(one_finished_one_midway, first, "a finished and a mid-way trial")
     _kill_group(first)
+    before_kill = _tracker_state(tmp_path)  # what the driver had recorded when it died
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     finished_before = {
         tid: client.get_run(t["run_id"]).info.end_time
@@ -124,6 +125,8 @@ def test_killed_then_interrupted_search_resumes_without_losing_or_repeating(tmp_
     second = _start(space, tmp_path, "--resume")
 
     def progressed():
+        if "search started" not in _log_of(second):  # Tune is up and handles Ctrl-C
+            return None
         trials = _tracker_state(tmp_path)
         grown = [
             tid

@@ -174,6 +174,7 @@ def train(
     source = ImageSource(data, device)
 
     start_epoch = 0
+    history: list[dict[str, float]] = []  # every epoch's metrics: a restart can report them
     scorer = Scorer(cfg.objective)
     last_eval: dict[str, float] = {}
     untrained: dict[str, float] = {}
@@ -182,6 +183,7 @@ def train(
         start_epoch = int(resume["epoch"])
         scorer = Scorer(cfg.objective, resume.get("scorer"))
         last_eval = dict(resume.get("last_eval", {}))
+        history = list(resume.get("history", []))
         untrained = dict(resume.get("untrained", {}))
 
     leaks = 0
@@ -242,6 +244,7 @@ def train(
             "unreadable_images": len(data.unreadable),  # skipped (data.skip_unreadable)
             **untrained,
         }
+        history.append(metrics)
         payload = None
         # Checkpoints only on evaluated epochs: the kept checkpoint is always a scored one, and
         # a restarted run resumes from the last evaluation.
@@ -252,6 +255,7 @@ def train(
                 "num_classes": data.num_classes,
                 "epoch": epoch + 1,
                 "metrics": metrics,
+                "history": list(history),
                 "runs": [run.state_dict() for run in runs],
                 "scorer": scorer.state_dict(),
                 "scored_here": scored_here,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _report(metrics: dict[str, float], payload: CheckpointPayload | None, verbos
         ray.train.report(
             metrics,
             checkpoint=Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}",
+            checkpoint_dir_name=checkpoint_dir_name(int(metrics["epoch"])),
         )
 
 
@@ -73,6 +74,26 @@ def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
     if not marker.exists():
         marker.write_text(f"killed after epoch {epoch}")
         os._exit(1)
+
+
+def _replay(resume: dict[str, Any], checkpoint_path: str | None, report: Any) -> None:
+    """A restarted run (a lost worker or node, a resumed search) first reports every epoch up
+    to the checkpoint it resumes from once more: a driver that went down before recording some
+    of them records them now, in order. Consumers keep the first report of an epoch (MLflow's
+    tracker, ASHA's rungs). Evaluated epochs carry the path of their checkpoint."""
+    history = resume.get("history") or [resume["metrics"]]
+    folder = posixpath.dirname(checkpoint_path.rstrip("/")) if checkpoint_path else None
+    for metrics in history:
+        epoch = int(metrics["epoch"])
+        path = None
+        if folder is not None and metrics.get(EPOCH_SCORE_KEY) is not None:
+            path = posixpath.join(folder, checkpoint_dir_name(epoch))
+        report({**metrics, REPLAYED_KEY: 1, CHECKPOINT_PATH_KEY: path}, None)
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    """The folder of an epoch's checkpoint inside its Train run."""
+    return f"epoch_{epoch:04d}"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
@@ -100,13 +121,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
 
     shipment = loop_config.get("shipment")
     resume, resumed_checkpoint = load_resume_state()
-    if resume is not None and "metrics" in resume:
-        # A restarted run (a lost worker or node, a resumed search) first reports the epoch it
-        # resumes from once more, with its checkpoint's path: a driver that went down before
-        # recording it records it now. Consumers keep the first report of an epoch (MLflow's
-        # tracker, ASHA's rungs).
-        replayed = {**resume["metrics"], REPLAYED_KEY: 1, CHECKPOINT_PATH_KEY: resumed_checkpoint}
-        report(replayed, None)
+    if resume is not None:
+        _replay(resume, resumed_checkpoint, report)
     try:
         train(
             cfg,
