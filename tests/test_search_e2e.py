@@ -195,9 +195,13 @@ def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(search_ray, tmp
 
 @pytest.mark.fault("fault")
 def test_a_diverged_trial_fails_with_its_reason_the_search_goes_on_and_resume_skips_it(
-    search_ray, tmp_path, capsys
+    search_ray, tmp_path, capsys, monkeypatch
 ):
     from reidsearch.cli import main
+
+    # Tune saves its state at every step: a save between the finished trial's last report and
+    # its return must not lose its `done` (`KeepDoneInState`), else the resume says interrupted.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
     space_file = _write_space(
         tmp_path / "halfnan.yaml",

@@ -34,6 +34,7 @@ from reidsearch.search.tracking import (
 from reidsearch.search.trial_outcome import (
     DIVERGED,
     FINISHED,
+    KeepDoneInState,
     read_outcome,
     train_run_dir,
     train_run_name,
@@ -205,7 +206,7 @@ def run_search(
         # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
         # a trial that fails as a whole (e.g. it diverged) is not re-run.
         failure_config=tune.FailureConfig(max_failures=0),
-        callbacks=[tracker, *_reporters(space, progress)],
+        callbacks=[tracker, KeepDoneInState(), *_reporters(space, progress)],
         verbose=0 if progress else verbose,
     )
     if resume and tune.Tuner.can_restore(plan.experiment_dir):

@@ -14,6 +14,8 @@ import json
 import pickle
 from typing import Any
 
+from ray.tune import Callback
+
 from reidsearch.errors import first_line
 from reidsearch.redact import mask_secrets
 from reidsearch.storage import exists, join, read_text, write_text
@@ -66,6 +68,22 @@ def trial_ended(trial: Any) -> bool:
     """``ended`` for a Tune ``Trial`` (in a callback)."""
     last = getattr(getattr(trial, "run_metadata", None), "last_result", None)
     return ended(str(trial.status) == "ERROR", last)
+
+
+class KeepDoneInState(Callback):
+    """Makes Tune save the ``done`` flag of a trial that finished.
+
+    When a function trainable returns, Tune sets ``done`` on the trial's last result in place
+    and does not mark the trial's run metadata changed. A periodic save of the experiment state
+    that fell between the trial's last report and its return had cached that metadata without
+    ``done``, and every later save reuses the cache: a resumed search saw the finished trial as
+    interrupted (``ended``). A completed trial's cache is dropped here, so the final save
+    writes it afresh."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        metadata = getattr(trial, "run_metadata", None)
+        if metadata is not None:
+            metadata.invalidate_cache()
 
 
 def failure_reason(trial: Any) -> str:
