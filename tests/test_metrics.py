@@ -64,8 +64,8 @@ def test_matches_sklearn_and_loop(seed: int) -> None:
         assert len(res["cmc"]) == 50
 
 
-@pytest.mark.parametrize("dense_above", [0.0, 1.0])
-def test_both_counting_paths_agree(dense_above: float) -> None:
+@pytest.mark.parametrize("path", ["compact", "dense", "sorted"])
+def test_every_counting_path_agrees(path: str) -> None:
     from reidsearch.evaluation import metrics
 
     qf, gf, qp, gp, qc, gc = _random_case(5)
@@ -84,7 +84,7 @@ def test_both_counting_paths_agree(dense_above: float) -> None:
         50,
         torch.device("cpu"),
         chunk_size=16,
-        dense_above=dense_above,
+        path=path,
     )
     assert abs(res["mAP"] - base["mAP"]) < 1e-12
     np.testing.assert_array_equal(res["cmc"], base["cmc"])
@@ -186,14 +186,14 @@ def test_rerank_flag_runs_and_returns_metrics() -> None:
     assert 0 < rr["mAP"] <= 1 and rr["num_valid_queries"] == plain["num_valid_queries"]
 
 
-@pytest.mark.parametrize("dense_above", [0.0, 1.0])
-def test_ties_exact_on_both_paths(dense_above: float) -> None:
+@pytest.mark.parametrize("path", ["compact", "dense", "sorted"])
+def test_ties_exact_on_every_path(path: str) -> None:
     from reidsearch.evaluation.ranking import chunk_ranks
 
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5, 0.9], [0.2, 0.2, 0.2, 0.7, 0.0, 0.2]])
     pq = torch.tensor([0, 0, 1, 1])
     pg = torch.tensor([2, 5, 1, 5])
-    row, rank, above = chunk_ranks(scores, pq, pg, 3, dense_above)
+    row, rank, above = chunk_ranks(scores, pq, pg, 3, path)
     got = sorted(zip(row.tolist(), rank.tolist(), above.tolist(), strict=True))
     # Row 0: order 1,5,0,2,4,3 -> positive 5 at rank 2, positive 2 at rank 4.
     # Row 1: order 3,0,1,2,5,4 -> positive 1 at rank 3, positive 5 at rank 5.

@@ -11,6 +11,7 @@ put a bootstrap interval on each metric (``bootstrap.query_intervals``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,37 @@ def _pairs(
     return qi, gi, ex_q, ex_g
 
 
+def _ranks_side_by_side(
+    scores: torch.Tensor,
+    pq: torch.Tensor,
+    pg: torch.Tensor,
+    index_bits: int,
+    path: str,
+    pool: ThreadPoolExecutor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``chunk_ranks`` of a chunk, its rows split between the pool's threads (positives are
+    sorted by row, so each part is a contiguous slice of them)."""
+    parts = 1 if pool is None else min(pool._max_workers, scores.shape[0])
+    if parts <= 1:
+        return chunk_ranks(scores, pq, pg, index_bits, path)
+    edges = np.linspace(0, scores.shape[0], parts + 1).astype(np.int64)
+    cuts = torch.searchsorted(pq, torch.from_numpy(edges).to(pq.device)).tolist()
+
+    def part(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, b, lo = cuts[i], cuts[i + 1], int(edges[i])
+        if a == b:
+            empty = pq.new_zeros(0)
+            return empty, empty, empty
+        with torch.inference_mode():  # thread-local: the pool's threads need it too
+            prow, rank, above = chunk_ranks(
+                scores[lo : int(edges[i + 1])], pq[a:b] - lo, pg[a:b], index_bits, path
+            )
+        return prow + lo, rank, above
+
+    done = list(pool.map(part, range(parts)))
+    return tuple(torch.cat([d[k] for d in done]) for k in range(3))  # type: ignore[return-value]
+
+
 def compute_metrics(
     scores_fn: Any,
     num_q: int,
@@ -94,11 +126,14 @@ def compute_metrics(
     max_rank: int,
     device: torch.device,
     chunk_size: int = 256,
-    dense_above: float = 0.05,
+    path: str = "auto",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Metrics from a row-chunk score provider ``scores_fn(start, stop) -> (C, num_g)`` tensor.
 
-    Returns the keys documented in ``evaluate``.
+    ``workers`` threads rank the rows of each chunk side by side (CPU: the ranking ops run on
+    one torch thread each and release the GIL, numpy's sort too). Returns the keys documented
+    in ``evaluate``.
     """
     index_bits = max(1, (max(num_g, 1) - 1).bit_length())
     if index_bits > 28:
@@ -111,6 +146,7 @@ def compute_metrics(
     npos = np.zeros(num_q, dtype=np.int64)
     pos_bounds = np.searchsorted(pos_q, np.arange(0, num_q + chunk_size, chunk_size))
     ex_bounds = np.searchsorted(ex_q, np.arange(0, num_q + chunk_size, chunk_size))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     for c, start in enumerate(range(0, num_q, chunk_size)):
         stop = min(start + chunk_size, num_q)
         pa, pb = pos_bounds[c], pos_bounds[c + 1]
@@ -124,7 +160,7 @@ def compute_metrics(
             scores[eq, eg] = float("-inf")
         pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
         pg = torch.from_numpy(pos_g[pa:pb]).to(device)
-        prow, rank, above = chunk_ranks(scores, pq, pg, index_bits, dense_above)
+        prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool)
         num_c = stop - start
         counts = torch.bincount(prow, minlength=num_c)
         ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)
@@ -140,6 +176,8 @@ def compute_metrics(
         ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
         inp[sl] = cnt / hardest.cpu().numpy()
 
+    if pool is not None:
+        pool.shutdown()
     valid = npos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -259,6 +297,7 @@ def evaluate(
         def scores_fn(start: int, stop: int) -> torch.Tensor:
             return matmul_t(q[start:stop], g_k)
 
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
     with torch.inference_mode(), single_thread(device.type == "cpu"):
         return compute_metrics(
             scores_fn,
@@ -271,4 +310,5 @@ def evaluate(
             max_rank,
             device,
             chunk_size=chunk_size,
+            workers=workers,
         )

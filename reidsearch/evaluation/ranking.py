@@ -7,17 +7,21 @@ implementation. Instead, per chunk of queries, each positive's rank is counted:
 - dense path (weak features, many items above the hardest positive): one binary search of every
   score into its row's sorted positive scores, then a per-row histogram;
 - compact path (few such items): only the items scoring >= the hardest positive are kept and
-  compared, as int64 keys, against the positives.
+  compared, as int64 keys, against the positives;
+- sorted path (the CPU default): numpy's vectorised (SIMD) sort of each row, then two binary
+  searches per positive. numpy sorts a 256 x 15,913 float32 chunk in ~35 ms on one core of the
+  2-core dev machine, torch's CPU sort in ~370 ms; the dense path takes ~150 ms there.
 
 Ranking order (also the tie rule): score descending, then gallery index ascending, i.e. what a
 stable sort of ``-score`` gives. The compact path packs (score, index) into one int64 key
 (order-preserving bits of the float32 score, then the reversed index), so keys never tie; the
-dense path detects rows where an item scores exactly like a positive and sends them to the
-compact path.
+dense path and sorted paths detect rows where an item scores exactly like a positive and send them to
+the compact path.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from reidsearch.evaluation.tensors import orderable_bits
@@ -77,13 +81,8 @@ def _ranks_dense(
     """
     num_c = scores.shape[0]
     device = scores.device
-    counts = torch.bincount(pq, minlength=num_c)
-    pmax = int(counts.max())
-    off = torch.cumsum(counts, 0) - counts
-    within = torch.arange(len(pq), device=device) - off[pq]
-    ps = torch.full((num_c, pmax + 1), float("inf"), device=device, dtype=scores.dtype)
-    ps[pq, within] = pvals
-    ps, _ = torch.sort(ps, dim=1)
+    ps, counts, pmax = _positive_table(pq, pvals, num_c)
+    ps = torch.cat([ps, ps.new_full((num_c, 1), float("inf"))], dim=1)
     width = pmax + 1
     bucket = torch.searchsorted(ps[:, :pmax].contiguous(), scores)
     # An item equal to a positive lands in that positive's bucket (left search).
@@ -101,22 +100,73 @@ def _ranks_dense(
     return prow, rank, at_or_above, torch.nonzero(tie).squeeze(1)
 
 
+def _positive_table(
+    pq: torch.Tensor, pvals: torch.Tensor, num_c: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each row's positive scores sorted ascending in a (num_c, pmax) table padded with +inf,
+    and the row counts."""
+    counts = torch.bincount(pq, minlength=num_c)
+    pmax = int(counts.max())
+    off = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(pq), device=pq.device) - off[pq]
+    ps = torch.full((num_c, pmax), float("inf"), device=pvals.device, dtype=pvals.dtype)
+    ps[pq, within] = pvals
+    return torch.sort(ps, dim=1)[0], counts, pmax
+
+
+def _ranks_sorted(
+    scores: torch.Tensor, pq: torch.Tensor, pvals: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ranks from each row sorted by numpy (CPU only): items above a positive are the row's
+    length minus a right binary search of its score. A row where an item or another positive
+    scores exactly like a positive is a tie, returned in ``tie_rows`` for the exact path."""
+    num_c, num_g = scores.shape
+    ps, counts, pmax = _positive_table(pq, pvals, num_c)
+    rows = torch.from_numpy(np.sort(scores.numpy(), axis=1))
+    right = torch.searchsorted(rows, ps, right=True)
+    equal = right - torch.searchsorted(rows, ps)
+    slot = torch.arange(pmax)[None, :]
+    real = slot < counts[:, None]
+    tie = ((equal != 1) & real).any(1)
+    ok = real & ~tie[:, None]
+    prow = torch.nonzero(ok)[:, 0]
+    rank = (num_g - right + 1)[ok]
+    at_or_above = (counts[:, None] - slot).expand(num_c, pmax)[ok]
+    return prow, rank, at_or_above, torch.nonzero(tie).squeeze(1)
+
+
+PATHS = ("auto", "compact", "dense", "sorted")
+
+
 def chunk_ranks(
     scores: torch.Tensor,
     pq: torch.Tensor,
     pg: torch.Tensor,
     index_bits: int,
+    path: str = "auto",
     dense_above: float = 0.05,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, rank, at_or_above) per positive of one chunk; excluded items are already -inf."""
+    """(row, rank, at_or_above) per positive of one chunk; excluded items are already -inf.
+
+    ``path="auto"``: the sorted path on the CPU; on a GPU the compact path when at most
+    ``dense_above`` of the chunk scores at or above its row's hardest positive, else the dense
+    one (every path gives the same ranks; a test checks it)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, not {path!r}")
     num_c = scores.shape[0]
     pvals = scores[pq, pg]
     thr = torch.full((num_c,), float("inf"), device=scores.device, dtype=scores.dtype)
     thr.scatter_reduce_(0, pq, pvals, reduce="amin")
-    density = float((scores >= thr[:, None]).sum()) / max(scores.numel(), 1)
-    if density <= dense_above:
+    if path == "auto":
+        if scores.device.type == "cpu":
+            path = "sorted"
+        else:
+            density = float((scores >= thr[:, None]).sum()) / max(scores.numel(), 1)
+            path = "compact" if density <= dense_above else "dense"
+    if path == "compact":
         return _ranks_compact(scores, pq, pg, thr, index_bits)
-    prow, rank, above, tie_rows = _ranks_dense(scores, pq, pvals)
+    split = _ranks_sorted if path == "sorted" else _ranks_dense
+    prow, rank, above, tie_rows = split(scores, pq, pvals)
     if len(tie_rows):
         remap = torch.full((num_c,), -1, dtype=torch.long, device=scores.device)
         remap[tie_rows] = torch.arange(len(tie_rows), device=scores.device)
