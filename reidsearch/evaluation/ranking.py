@@ -15,8 +15,8 @@ implementation. Instead, per chunk of queries, each positive's rank is counted:
 Ranking order (also the tie rule): score descending, then gallery index ascending, i.e. what a
 stable sort of ``-score`` gives. The compact path packs (score, index) into one int64 key
 (order-preserving bits of the float32 score, then the reversed index), so keys never tie; the
-dense path and sorted paths detect rows where an item scores exactly like a positive and send them to
-the compact path.
+dense and sorted paths detect rows where an item scores exactly like a positive and send them
+to the compact path.
 """
 
 from __future__ import annotations
