@@ -16,7 +16,7 @@ from reidsearch import __version__
 from reidsearch.cli_cluster import add_cluster_commands
 from reidsearch.cli_model import add_model_commands
 from reidsearch.cli_run import add_run_command, data_folder
-from reidsearch.config import LAYOUTS
+from reidsearch.config import LAYOUTS, RETRIEVALS
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
 
@@ -116,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         feature=args.feature,
         out_dir=Path(args.out),
         no_camera=args.no_camera,
+        retrieval=args.retrieval,
     )
     print(
         f"mAP {100 * metrics['mAP']:.2f} | rank-1 {100 * metrics['rank1']:.2f} | "
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-camera",
         action="store_true",
         help="keep same-camera matches (datasets without usable camera ids)",
+    )
+    p.add_argument(
+        "--retrieval",
+        choices=RETRIEVALS,
+        default="auto",
+        help="what ranks CMC/rank-k: FAISS lists or the exact counting (auto: FAISS on a GPU); "
+        "mAP/mINP are always exact",
     )
     p.add_argument("--out", default="reidsearch_eval", help="folder for the PNG pictures")
     p.set_defaults(func=cmd_eval)

@@ -22,6 +22,9 @@ from reidsearch.storage import absolute, is_uri
 
 LAYOUTS = ("latfpp", "market1501", "dukemtmc", "msmt17", "generic")
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
+# What ranks CMC / rank-k (``evaluation.metrics.RETRIEVALS`` keeps a copy; a test checks it).
+RETRIEVALS = ("auto", "exact", "faiss")
+Retrieval = Literal[RETRIEVALS]  # type: ignore[valid-type]
 # The per-query retrieval metrics an evaluation gives (each the mean over valid queries), and
 # what an objective may rank by (those plus the training loss): the one list of metric names.
 QUERY_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -194,6 +197,11 @@ class EvalConfig(_Strict):
     flip: bool = False
     rerank: bool = False
     use_camera: bool = Field(True, description="False: keep same-camera matches")
+    retrieval: Retrieval = Field(
+        "auto",
+        description="what ranks CMC/rank-k: FAISS lists or the exact counting (auto: FAISS on a "
+        "GPU); AP and mINP are always exact over the full ranking",
+    )
     batch_size: int = Field(128, ge=1)
     baseline: bool = Field(False, description="also score the untrained model (untrained_mAP)")
 

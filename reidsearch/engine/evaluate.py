@@ -79,6 +79,7 @@ def evaluate_model(
         rerank=cfg.rerank,
         q_paths=data.paths(data.query_index),
         g_paths=data.paths(data.gallery_index),
+        retrieval="exact" if cfg.rerank else cfg.retrieval,
     )
     metrics = {key: float(result[key]) for key in SCALAR_METRICS}
     return EvalOutput(
@@ -116,16 +117,15 @@ def write_eval_pictures(
     # Rank deeper than `top`, then drop what the protocol ignores for each query (junk and
     # same-identity same-camera images), so the picture shows the list the metrics score.
     depth = min(len(data.gallery_index), top + 64)
-    _, ranked = faiss_topk(output.query_features.numpy(), output.gallery_features.numpy(), depth)
     q_pids, g_pids = data.query_pids, data.gallery_pids
     q_cams, g_cams = data.query_camids, data.gallery_camids
     picks = np.linspace(0, len(data.query_index) - 1, num=min(num_queries, len(data.query_index)))
-    for n, qi in enumerate(np.unique(picks.astype(int))):
-        rows = ranked[qi]
-        ignored = (g_pids[rows] == -1) | (
-            (g_pids[rows] == q_pids[qi]) & (g_cams[rows] == q_cams[qi])
-        )
-        gallery_rows = rows[~ignored][:top]
+    picks = np.unique(picks.astype(int))
+    _, ranked = faiss_topk(output.query_features[picks], output.gallery_features, depth)
+    same = (g_pids[ranked] == q_pids[picks, None]) & (g_cams[ranked] == q_cams[picks, None])
+    ignored = (g_pids[ranked] == -1) | same
+    for n, qi in enumerate(picks):
+        gallery_rows = ranked[n][~ignored[n]][:top]
         path = out_dir / f"ranked_list_{n}.png"
         plot_ranked_list(
             data.cache.images[data.query_index[qi]],

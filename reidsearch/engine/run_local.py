@@ -91,6 +91,7 @@ def evaluate_checkpoint(
     feature: str | None = None,
     out_dir: Path = Path("reidsearch_eval"),
     no_camera: bool = False,
+    retrieval: str = "auto",
 ) -> dict[str, float]:
     """Rebuild the model of a checkpoint, score it on a dataset and write the pictures."""
     payload = load_checkpoint(path)
@@ -112,7 +113,11 @@ def evaluate_checkpoint(
     model.load_state_dict(payload["model"])
     model.to(device)
     eval_cfg = EvalConfig(
-        flip=flip, rerank=rerank, use_camera=not no_camera, batch_size=cfg.eval.batch_size
+        flip=flip,
+        rerank=rerank,
+        use_camera=not no_camera,
+        batch_size=cfg.eval.batch_size,
+        retrieval=retrieval,
     )
     output = evaluate_model(
         model, prepared, eval_cfg, feature=cfg.model.feature, device=device, amp=cfg.amp

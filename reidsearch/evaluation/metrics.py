@@ -31,6 +31,7 @@ from reidsearch.evaluation.tensors import (
 # Names of the per-query metrics, in the order of ``reidsearch.config.QUERY_METRICS`` (a test
 # checks they agree; config is not imported: it needs pydantic, the core must not).
 PER_QUERY_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+RETRIEVALS = ("auto", "exact", "faiss")  # what makes CMC / rank-k (``evaluate``)
 
 
 def _pairs(
@@ -185,10 +186,26 @@ def compute_metrics(
             "no query has a valid match in the gallery (same-pid matches from another camera); "
             "check pids and cameras, or evaluate without cameras (use_camera=False / --no-camera)"
         )
-    hist = np.bincount(np.minimum(first[valid], max_rank + 1), minlength=max_rank + 2)
-    cmc = np.cumsum(hist[1 : max_rank + 1]) / num_valid
-    first_valid = first[valid]
     per_query = {"mAP": ap[valid], "mINP": inp[valid]}
+    return {
+        "num_valid_queries": num_valid,
+        "num_queries": num_q,
+        "per_query_ap": np.where(valid, ap, np.nan),
+        **with_first_matches(per_query, np.where(valid, first, 0), valid, max_rank),
+    }
+
+
+def with_first_matches(
+    per_query: dict[str, np.ndarray], first: np.ndarray, valid: np.ndarray, max_rank: int
+) -> dict[str, Any]:
+    """The metrics that follow from each query's first-match rank (``first``: 1-based, 0 when
+    invalid or, from a top-k list, beyond ``max_rank``): CMC, rank-k per query and mean, joined
+    to ``per_query`` (AP, INP) and their means."""
+    num_valid = int(valid.sum())
+    first_valid = np.where(first[valid] == 0, max_rank + 1, first[valid])
+    hist = np.bincount(np.minimum(first_valid, max_rank + 1), minlength=max_rank + 2)
+    cmc = np.cumsum(hist[1 : max_rank + 1]) / num_valid
+    per_query = dict(per_query)
     for k in (1, 5, 10):
         # A rank beyond max_rank is not reported (NaN), as in the scalar metrics.
         hit = (first_valid <= k).astype(np.float64) if max_rank >= k else np.full(num_valid, np.nan)
@@ -197,10 +214,7 @@ def compute_metrics(
     return {
         **{name: float(values.mean()) for name, values in per_query.items()},
         "cmc": cmc.astype(np.float64),
-        "num_valid_queries": num_valid,
-        "num_queries": num_q,
         "per_query": per_query,
-        "per_query_ap": np.where(valid, ap, np.nan),
         "first_match_rank": np.where(valid, first, 0),
     }
 
@@ -224,8 +238,15 @@ def evaluate(
     g_paths: Sequence[str] | None = None,
     device: str | torch.device | None = None,
     chunk_size: int = 256,
+    retrieval: str = "auto",
 ) -> dict[str, Any]:
     """mAP, CMC, mINP of L2-normalised features (inner product) or of a distance matrix.
+
+    AP and mINP always come from the exact rank of every positive in the full ranking. CMC and
+    rank-k come from the same counting (``retrieval="exact"``) or from FAISS ranked lists
+    (``"faiss"``, features only, not re-ranked); ``"auto"`` takes FAISS when it has a GPU and
+    the features are on one (the lists cost milliseconds there; on a CPU they would repeat the
+    matmul for the same numbers). Both give the same CMC (a test checks it).
 
     Protocol: junk gallery items (pid -1) are dropped; per query, same-pid-same-camera items are
     dropped (``use_camera=False``: only gallery items whose path equals the query's path);
@@ -236,9 +257,11 @@ def evaluate(
     ``max_rank`` is NaN), ``cmc`` (``max_rank`` values), ``num_valid_queries``, ``num_queries``,
     ``per_query`` (for each of those five metrics, float64 values over the valid queries in query
     order: AP, 0/1 hit of the first match within rank k, INP; their means are the metrics, to the
-    bit), ``per_query_ap`` (all queries, NaN when invalid) and ``first_match_rank`` (0 when
-    invalid).
+    bit), ``per_query_ap`` (all queries, NaN when invalid), ``first_match_rank`` (0 when
+    invalid; from FAISS lists, also 0 beyond ``max_rank``) and ``retrieval`` (the path used).
     """
+    if retrieval not in RETRIEVALS:
+        raise ValueError(f"retrieval must be one of {RETRIEVALS}, not {retrieval!r}")
     q_pids_np, g_pids_np = as_numpy_ids(q_pids), as_numpy_ids(g_pids)
     q_cam_np, g_cam_np = as_numpy_ids(q_camids), as_numpy_ids(g_camids)
     num_q, num_g_all = len(q_pids_np), len(g_pids_np)
@@ -299,7 +322,7 @@ def evaluate(
 
     workers = torch.get_num_threads() if device.type == "cpu" else 1
     with torch.inference_mode(), single_thread(device.type == "cpu"):
-        return compute_metrics(
+        result = compute_metrics(
             scores_fn,
             num_q,
             len(keep),
@@ -312,3 +335,20 @@ def evaluate(
             chunk_size=chunk_size,
             workers=workers,
         )
+    features_only = distmat is None and not rerank
+    if retrieval == "auto":
+        from reidsearch.evaluation.retrieval import has_gpu
+
+        gpu = device.type == "cuda"
+        retrieval = "faiss" if features_only and gpu and has_gpu() else "exact"
+    if retrieval == "faiss":
+        if not features_only:
+            raise ValueError("retrieval='faiss' ranks features: not a distmat or re-ranking")
+        from reidsearch.evaluation.retrieval import first_match_ranks
+
+        first = first_match_ranks(q, g_k, q_pids_np, g_pids_k, ex_q, ex_g, max_rank)
+        valid = result["first_match_rank"] > 0
+        exact_part = {name: result["per_query"][name] for name in ("mAP", "mINP")}
+        result.update(with_first_matches(exact_part, np.where(valid, first, 0), valid, max_rank))
+    result["retrieval"] = retrieval
+    return result
