@@ -210,6 +210,18 @@ class ScalingConfig(_Strict):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    runner: Literal["ray_train", "trial_process"] = Field(
+        "ray_train",
+        description="trial_process: a one-worker trial trains in its (reused) Tune trial "
+        "process, without Ray Train's two extra processes per trial (start-up under a second "
+        "instead of 15-20 s on 2 CPUs); same checkpoints, retries and MLflow",
+    )
+
+    @model_validator(mode="after")
+    def _one_worker_in_process(self) -> ScalingConfig:
+        if self.runner == "trial_process" and self.workers != 1:
+            raise ValueError("runner: trial_process trains one worker; use ray_train for DDP")
+        return self
 
 
 class DDPConfig(_Strict):

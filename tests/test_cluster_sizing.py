@@ -65,7 +65,13 @@ def test_an_embedded_local_ray_is_sized_by_what_it_has(capsys):
     local = RayCluster(
         joined=False, now={"CPU": 2.0}, most={"CPU": 2.0}, alive_nodes=1, max_nodes=0
     )
+    # runner: trial_process: the trial trains in its own process, nothing runs beside it.
+    assert local.trial_resources(space.fixed_config.scaling) == {"CPU": 1.0}
+    assert size_concurrency(space, local, 2) == 2
+    scaling = space.fixed_config.scaling.model_copy(update={"runner": "ray_train"})
+    space.fixed_config = space.fixed_config.model_copy(update={"scaling": scaling})
     assert local.driver_resources == {"CPU": TRIAL_DRIVER_CPUS}
+    assert local.trial_resources(scaling) == local.driver_resources
     assert size_concurrency(space, local, 2) == 1  # 2 x (1 + 0.1) CPUs do not fit in 2
     assert "lowering max_concurrent" in capsys.readouterr().out
 

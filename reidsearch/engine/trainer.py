@@ -43,6 +43,7 @@ class TrainContext:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: Callable[..., Any] | bool = False  # True: tqdm; or a tqdm-like factory
+    started_at: float | None = None  # time.time() when the trial started: gives startup_s
 
     @classmethod
     def from_environment(
@@ -195,6 +196,9 @@ def train(
         ).metrics
         untrained = {"untrained_mAP": scores["mAP"], "untrained_rank1": scores["rank1"]}
 
+    # Trial start -> first training step of this run: process and process-group start, imports,
+    # data, model (what a short trial pays on top of its epochs); reported with its first epoch.
+    startup = {} if ctx.started_at is None else {"startup_s": time.time() - ctx.started_at}
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         sums = torch.zeros(3, device=device)
@@ -243,6 +247,7 @@ def train(
             "query_leaks": leaks,
             "unreadable_images": len(data.unreadable),  # skipped (data.skip_unreadable)
             **untrained,
+            **(startup if epoch == start_epoch else {}),
         }
         history.append(metrics)
         payload = None

@@ -121,6 +121,20 @@ class RayCluster:
     def driver_cpus(self) -> float:
         return self.driver_resources["CPU"]
 
+    def trial_resources(self, scaling: ScalingConfig) -> dict[str, float]:
+        """What a Tune trial process asks for: a trial driver's share, or, when the trial
+        trains in that process (``runner: trial_process``), its one worker's CPUs and GPUs."""
+        if scaling.runner != "trial_process":
+            return self.driver_resources
+        resources = {"CPU": scaling.cpus_per_worker}
+        if scaling.gpus_per_worker > 0:
+            resources["GPU"] = scaling.gpus_per_worker
+        return resources
+
+    def driver_cpus_for(self, scaling: ScalingConfig) -> float:
+        """The CPUs of a trial beside its workers (none when it trains in its own process)."""
+        return 0.0 if scaling.runner == "trial_process" else self.driver_cpus
+
 
 def _cluster_maximum() -> tuple[dict[str, float] | None, int]:
     """The autoscaler's maximum resources and node count, as Ray itself records them."""
@@ -237,7 +251,8 @@ def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> in
     waits for the autoscaler to add nodes is not.
     """
     scaling = space.fixed_config.scaling
-    fits = max_concurrent_trials(cluster.capacity, scaling, cluster.driver_cpus)
+    driver_cpus = cluster.driver_cpus_for(scaling)
+    fits = max_concurrent_trials(cluster.capacity, scaling, driver_cpus)
     if cluster.layout is not None:  # per node type: a worker cannot span two nodes
         from reidsearch.search.cluster_file import how_many_trials_fit, worker_demand
 
@@ -254,8 +269,8 @@ def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> in
             "not know its maximum size; trials wait until nodes join"
         )
         return wanted
-    check_fits(cluster.capacity, scaling, str(space.source), cluster.driver_cpus)
-    if max_concurrent_trials(Capacity.of(cluster.now), scaling, cluster.driver_cpus) < 1:
+    check_fits(cluster.capacity, scaling, str(space.source), driver_cpus)
+    if max_concurrent_trials(Capacity.of(cluster.now), scaling, driver_cpus) < 1:
         print("reidsearch: no node can run a trial yet; trials wait for the autoscaler")
     if fits < wanted:
         print(

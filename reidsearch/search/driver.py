@@ -6,6 +6,7 @@ trials early, and the MLflow callback records everything from this driver proces
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray import tune
@@ -81,6 +82,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
 
     A trial that already ended (the driver went down before Tune saved that) is not run again:
     its recorded final result is reported once more, or its divergence raised again."""
+    started_at = time.time()
     _, cfg = resolve_trial(fixed, config)
     trial_id = tune.get_context().get_trial_id()
     run_dir = train_run_dir(settings["train_storage"], trial_id)
@@ -90,6 +92,9 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
             raise TrainingDiverged(outcome["reason"])
         tune.report(outcome["metrics"])
         return
+    if cfg.scaling.runner == "trial_process":
+        _run_in_process(cfg, trial_id, run_dir, settings, started_at)
+        return
     trainer = build_torch_trainer(
         cfg,
         name=train_run_name(trial_id),  # stable across trial restarts: checkpoints are found
@@ -97,6 +102,7 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
         max_failures=settings["max_failures"],
         callbacks=[TuneReportCallback()],
         shipment=settings.get("shipment"),
+        started_at=started_at,
     )
     result = trainer.fit()
     try:
@@ -105,6 +111,28 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str,
         write_outcome(run_dir, DIVERGED, reason=str(exc))
         raise
     write_outcome(run_dir, FINISHED, metrics=result.metrics)
+
+
+def _run_in_process(
+    cfg: Any, trial_id: str, run_dir: str, settings: dict[str, Any], started_at: float
+) -> None:
+    """``run_trial`` for ``runner: trial_process``: the same outcomes, without Ray Train."""
+    from reidsearch.search.in_trial import run_in_trial
+
+    try:
+        metrics = run_in_trial(
+            cfg,
+            train_storage=settings["train_storage"],
+            run_name=train_run_name(trial_id),
+            shipment=settings.get("shipment"),
+            started_at=started_at,
+            fault=settings.get("crash_drill"),
+        )
+    except TrainingDiverged as exc:
+        reason = f"trial {trial_id}: {exc}; stopped, not retried"
+        write_outcome(run_dir, DIVERGED, reason=reason)
+        raise TrainingDiverged(reason) from None
+    write_outcome(run_dir, FINISHED, metrics=metrics)
 
 
 def full_length(space: SearchSpace) -> int:
@@ -183,9 +211,14 @@ def run_search(
         "max_failures": space.max_failures,
         "shipment": shipment,
     }
+    in_process = space.fixed_config.scaling.runner == "trial_process"
+    if in_process:
+        from reidsearch.search.in_trial import crash_drill
+
+        settings["crash_drill"] = crash_drill()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, fixed=fixed, settings=settings),
-        cluster.driver_resources,
+        cluster.trial_resources(space.fixed_config.scaling),
     )
     tracker = MLflowSearchTracker(
         tracking_uri=plan.tracking_uri,
@@ -204,8 +237,9 @@ def run_search(
         name=basename(plan.experiment_dir),
         storage_path=space.storage_root(),
         # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
-        # a trial that fails as a whole (e.g. it diverged) is not re-run.
-        failure_config=tune.FailureConfig(max_failures=0),
+        # a trial that fails as a whole (e.g. it diverged) is not re-run. A trial trained in
+        # its own process is retried by Tune (a diverged one fails again at once: outcome.json).
+        failure_config=tune.FailureConfig(max_failures=space.max_failures if in_process else 0),
         callbacks=[tracker, KeepDoneInState(), *_reporters(space, progress)],
         verbose=0 if progress else verbose,
     )

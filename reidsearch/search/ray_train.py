@@ -113,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
         world_size=context.get_world_size(),
         device=device,
         progress=progress,
+        started_at=loop_config.get("started_at"),
     )
 
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
@@ -185,6 +186,7 @@ def build_torch_trainer(
     verbose: bool = False,
     inject_crash: dict[str, Any] | None = None,
     shipment: Shipment | None = None,
+    started_at: float | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one trial. ``name`` must be stable across restarts (a trial id, not a
     timestamp), or a restarted trial does not find its checkpoints. ``storage_path`` is a
@@ -199,6 +201,7 @@ def build_torch_trainer(
             "verbose": verbose,
             "inject_crash": inject_crash,
             "shipment": shipment,
+            "started_at": started_at,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,

@@ -67,6 +67,7 @@ CHART_METRICS = (
     "lr",
     "images_per_s",
     "epoch_time_s",
+    "startup_s",  # trial start -> first training step (the first epoch of each run)
     "trainable_blocks",
     *SCORED_METRICS,
     SCORE_KEY,
