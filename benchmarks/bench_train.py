@@ -18,19 +18,20 @@ default) written to a temporary folder and resized to ``--height x --width`` by 
 
 Run from the repository root (the package need not be installed)::
 
-    PYTHONPATH=. python benchmarks/bench_train.py                      # ViT-B/16, 224x224
-    PYTHONPATH=. python benchmarks/bench_train.py --compile --steps 200
-    PYTHONPATH=. python benchmarks/bench_train.py --backbone vit_tiny_patch16_224 --depth 2 \
+    python benchmarks/bench_train.py                      # ViT-B/16, 224x224
+    python benchmarks/bench_train.py --compile --steps 200
+    python benchmarks/bench_train.py --backbone vit_tiny_patch16_224 --depth 2 \
         --height 128 --width 64 --p 4 --k 4 --steps 5 --warmup 1 --ids 40        # CPU smoke
 
 Needs torch, torchvision, timm, numpy, pyarrow, pillow and pydantic (pyyaml comes with timm):
-``reidsearch.data`` and ``reidsearch.modeling`` import ``reidsearch.config`` (pydantic) in their
-package ``__init__``, so pydantic cannot be avoided; nothing here imports ray, mlflow, optuna or
-faiss (checked at the end of the run).
+``main`` parses a synthetic dataset (pyarrow) from a ``DataConfig`` (pydantic). The pieces
+above it import neither: ``benchmarks/gpu_check.py`` reuses them on machines that have only
+torch and timm. Nothing here imports ray, mlflow, optuna or faiss (checked at the end).
 
-Notes: the step is the trainer's own ``train_step`` (no host-device sync inside; the trainer
-checks for NaN every few steps). The reference's workers prefetch during warm-up, so
-use enough ``--steps`` (the default 100 is >> workers * prefetch_factor batches).
+Notes: the step is the trainer's own (``reidsearch.engine.step``: ``StepInputs`` feeding
+``train_step``, the losses summed by ``LossWatch``; no host-device sync inside). The
+reference's workers prefetch during warm-up, so use enough ``--steps`` (the default 100 is >>
+workers * prefetch_factor batches).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +52,28 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from reidsearch.config import DataConfig, LossConfig, OptimConfig
-from reidsearch.data.augment import BatchAugment
-from reidsearch.data.manifest import manifest_root
-from reidsearch.data.sampler import PKSampler
-from reidsearch.data.synthetic import generate_synthetic
-from reidsearch.engine.data import PreparedData, prepare_data
-from reidsearch.engine.optim import build_optimizer
-from reidsearch.engine.seed_run import ImageSource, train_step
-from reidsearch.modeling import ReIDLoss, ReIDModel, backbone_token_grid, build_backbone, build_head
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reidsearch.data.augment import BatchAugment  # noqa: E402
+from reidsearch.data.sampler import PKSampler  # noqa: E402
+from reidsearch.engine.optim import build_optimizer, fused_adam  # noqa: E402
+from reidsearch.engine.step import (  # noqa: E402
+    ImageSource,
+    LossWatch,
+    StepInputs,
+    epoch_generator,
+    train_step,
+)
+from reidsearch.modeling import (  # noqa: E402
+    ReIDLoss,
+    ReIDModel,
+    backbone_token_grid,
+    build_backbone,
+    build_head,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class PKBatches:
@@ -88,12 +101,8 @@ class PKBatches:
 class PILReIDDataset(Dataset):
     """Reference input: open each train image with PIL and apply torchvision transforms."""
 
-    def __init__(self, data: PreparedData, transform: Callable) -> None:
-        root = manifest_root(data.manifest)
-        paths = data.manifest.column("path").to_pylist()
-        self.paths = [root / paths[i] for i in data.train_index]
-        self.labels = data.train_labels
-        self.transform = transform
+    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Callable) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,7 +113,7 @@ class PILReIDDataset(Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def reference_transform(height: int, width: int, mean, std) -> T.Compose:
+def reference_transform(height: int, width: int, mean: tuple, std: tuple) -> T.Compose:
     """The usual re-ID recipe, with the same parameters as ``BatchAugment(train=True)``."""
     return T.Compose(
         [
@@ -127,7 +136,7 @@ def sync(device: torch.device) -> None:
 def timed(
     name: str,
     batches: Iterator[Batch],
-    step: Callable[[torch.Tensor, torch.Tensor], None] | None,
+    step: Step | None,
     warmup: int,
     steps: int,
     device: torch.device,
@@ -156,6 +165,92 @@ def timed(
         "step_ms": 1000.0 * elapsed / steps,
         "peak_gib": peak,
     }
+
+
+def reid_model(
+    backbone_name: str, size: tuple[int, int], num_classes: int, head: str = "latfpp", **kwargs
+) -> ReIDModel:
+    """A random-init (never downloaded) timm ViT + head, as ``build_model`` builds it."""
+    backbone = build_backbone(backbone_name, size, **kwargs)
+    rows, _ = backbone_token_grid(backbone)
+    return ReIDModel(backbone, build_head(head, backbone.embed_dim, rows, num_classes))
+
+
+@dataclass
+class Recipe:
+    """The LA-TF++ recipe's optimiser and loss settings: what ``build_optimizer`` and
+    ``ReIDLoss`` read from ``OptimConfig`` / ``LossConfig`` (plain fields, no pydantic)."""
+
+    name: str = "adam"
+    lr: float = 3e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    ce_weight: float = 1.0
+    label_smoothing: float = 0.1
+    triplet_weight: float = 1.0
+    triplet_margin: float | None = 0.3
+    row_reduction: str = "mean"
+    triplet_feature: str = "retrieval"
+
+
+def trainer_step(model: nn.Module, bf16: bool, watch: LossWatch) -> Step:
+    """The trainer's step (``SeedRun.train_epoch`` without the lr plan): ``train_step`` with
+    fused Adam on a GPU, the loss parts summed on the device by ``watch``."""
+    recipe = Recipe()
+    optimizer = build_optimizer(recipe, model)  # type: ignore[arg-type]
+    loss_fn = ReIDLoss(recipe)  # type: ignore[arg-type]
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        watch.add(train_step(model, loss_fn, optimizer, images, labels, bf16=bf16))
+
+    return step
+
+
+def random_batches(p: int, k: int, size: tuple[int, int], device: torch.device) -> Iterator[Batch]:
+    """Model only: one random batch already on the device, P x K labels, forever."""
+    labels = torch.arange(p, device=device).repeat_interleave(k)
+    x = torch.randn(p * k, 3, *size, device=device)
+    while True:
+        yield x, labels
+
+
+def cache_batches(
+    inputs: StepInputs, labels: np.ndarray, p: int, k: int, n: int, seed: int
+) -> Iterator[Batch]:
+    """The trainer's input path: P x K batches, ``StepInputs`` (cache rows and labels in one
+    non-blocking copy, gather from the device cache, augmentation on the device with a device
+    generator)."""
+    generator = epoch_generator(seed, 0, 0, inputs.source.device)
+    for index in PKBatches(labels, p, k, n, seed):
+        yield inputs(index, generator)
+
+
+def loader_batches(
+    dataset: Dataset,
+    labels: np.ndarray,
+    p: int,
+    k: int,
+    n: int,
+    seed: int,
+    workers: int,
+    device: torch.device,
+) -> Iterator[Batch]:
+    """The reference: PIL + torchvision transforms in ``workers`` DataLoader processes."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=PKBatches(labels, p, k, n, seed),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    for images, targets in loader:
+        yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def print_results(results: list[dict]) -> None:
+    print(f"{'pipeline':<26} {'images/s':>10} {'step ms':>9} {'peak GPU GiB':>13}")
+    for r in results:
+        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        print(f"{r['name']:<26} {r['images_per_s']:>10,.1f} {r['step_ms']:>9.2f} {peak:>13}")
 
 
 def main() -> None:
@@ -193,6 +288,12 @@ def main() -> None:
     height, width, batch = args.height, args.width, args.p * args.k
     total = args.warmup + args.steps
 
+    # pydantic and pyarrow only here: the functions above run without them (gpu_check.py)
+    from reidsearch.config import DataConfig
+    from reidsearch.data.manifest import manifest_root
+    from reidsearch.data.synthetic import generate_synthetic
+    from reidsearch.engine.data import prepare_data
+
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp) / "market1501"
         t0 = time.perf_counter()
@@ -220,20 +321,14 @@ def main() -> None:
         t_cache = time.perf_counter() - t0
         n_train = len(data.train_index)
 
-        backbone = build_backbone(args.backbone, (height, width), depth=args.depth)
-        rows, _ = backbone_token_grid(backbone)
-        head = build_head(args.head, backbone.embed_dim, rows, data.num_classes)
-        model = ReIDModel(backbone, head).to(device).train()
-        optimizer = build_optimizer(OptimConfig(name="adam", lr=3e-4), model)
-        loss_fn = ReIDLoss(
-            LossConfig(ce_weight=1.0, label_smoothing=0.1, triplet_weight=1.0, triplet_margin=0.3)
+        model = reid_model(
+            args.backbone, (height, width), data.num_classes, args.head, depth=args.depth
         )
+        model = model.to(device).train()
         forward: nn.Module = torch.compile(model) if args.compile else model  # type: ignore[assignment]
-        fused = bool(optimizer.defaults.get("fused"))
+        step = trainer_step(forward, bf16, LossWatch(device))
+        fused = device.type == "cuda" and fused_adam(model)
         n_params = sum(p.numel() for p in model.parameters())
-
-        def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-            train_step(forward, loss_fn, optimizer, images, labels, bf16=bf16)
 
         print(
             f"torch {torch.__version__} | device {device}"
@@ -249,71 +344,35 @@ def main() -> None:
             f"warmup {args.warmup} + {args.steps} timed steps per pipeline"
         )
 
-        # model only: random inputs already on the device, P x K labels.
-        labels_pk = torch.arange(args.p, device=device).repeat_interleave(args.k)
-        x_rand = torch.randn(batch, 3, height, width, device=device)
-
-        def random_batches() -> Iterator[Batch]:
-            while True:
-                yield x_rand, labels_pk
-
-        # reidsearch: the trainer's ImageSource + BatchAugment.
+        # reidsearch: the trainer's ImageSource + StepInputs (BatchAugment on the device).
         source = ImageSource(data, device)
         augment = BatchAugment(height, width, model.mean, model.std, train=True)
-
-        def our_batches() -> Iterator[Batch]:
-            generator = torch.Generator()
-            generator.manual_seed(args.seed)
-            for index in PKBatches(data.train_labels, args.p, args.k, total, args.seed):
-                idx = np.asarray(index)
-                labels = torch.as_tensor(data.train_labels[idx], device=device)
-                images = augment(source.batch(data.train_index[idx]), generator=generator)
-                yield images, labels
+        inputs = StepInputs(source, data.train_index, data.train_labels, augment)
+        pk = (args.p, args.k, total, args.seed)
 
         # reference: PIL + torchvision transforms in DataLoader workers.
-        dataset = PILReIDDataset(data, reference_transform(height, width, model.mean, model.std))
+        paths = data.manifest.column("path").to_pylist()
+        train_paths = [manifest_root(data.manifest) / paths[i] for i in data.train_index]
+        transform = reference_transform(height, width, model.mean, model.std)
+        dataset = PILReIDDataset(train_paths, data.train_labels, transform)
 
-        def reference_batches() -> Iterator[Batch]:
-            loader = DataLoader(
-                dataset,
-                batch_sampler=PKBatches(data.train_labels, args.p, args.k, total, args.seed),
-                num_workers=args.workers,
-                pin_memory=device.type == "cuda",
-            )
-            for images, labels in loader:
-                yield (
-                    images.to(device, non_blocking=True),
-                    labels.to(device, non_blocking=True),
-                )
+        def ours() -> Iterator[Batch]:
+            return cache_batches(inputs, data.train_labels, *pk)
 
-        results = [timed("model only", random_batches(), step, args.warmup, args.steps, device)]
-        ours = timed("reidsearch", our_batches(), step, args.warmup, args.steps, device)
-        results.append(ours)
-        ref = None
+        def reference() -> Iterator[Batch]:
+            return loader_batches(dataset, data.train_labels, *pk, args.workers, device)
+
+        pipelines: list[tuple[str, Callable[[], Iterator[Batch]]]] = [
+            ("model only", lambda: random_batches(args.p, args.k, (height, width), device)),
+            ("reidsearch", ours),
+        ]
         if not args.skip_reference:
-            ref = timed(
-                f"reference ({args.workers} workers)",
-                reference_batches(),
-                step,
-                args.warmup,
-                args.steps,
-                device,
-            )
-            results.append(ref)
-        if args.input_only:
-            results.append(
-                timed("reidsearch input only", our_batches(), None, args.warmup, args.steps, device)
-            )
-            if not args.skip_reference:
+            pipelines.append((f"reference ({args.workers} workers)", reference))
+        results = [timed(n, make(), step, args.warmup, args.steps, device) for n, make in pipelines]
+        if args.input_only:  # the two input pipelines alone, without the model
+            for name, make in pipelines[1:]:
                 results.append(
-                    timed(
-                        "reference input only",
-                        reference_batches(),
-                        None,
-                        args.warmup,
-                        args.steps,
-                        device,
-                    )
+                    timed(f"{name} input only", make(), None, args.warmup, args.steps, device)
                 )
 
     if source.on_device is not None:
@@ -323,16 +382,14 @@ def main() -> None:
     else:
         where = "cache memory-mapped on the host"
     print()
-    print(f"{'pipeline':<26} {'images/s':>10} {'step ms':>9} {'peak GPU GiB':>13}")
-    for r in results:
-        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{r['name']:<26} {r['images_per_s']:>10,.1f} {r['step_ms']:>9.2f} {peak:>13}")
+    print_results(results)
     print()
-    upper = results[0]["images_per_s"]
-    print(f"reidsearch / model only: {ours['images_per_s'] / upper:.2f} ({where})")
-    if ref is not None:
-        print(f"reidsearch / reference: {ours['images_per_s'] / ref['images_per_s']:.2f}x")
-        print(f"reference / model only: {ref['images_per_s'] / upper:.2f}")
+    upper, ours_ips = results[0]["images_per_s"], results[1]["images_per_s"]
+    print(f"reidsearch / model only: {ours_ips / upper:.2f} ({where})")
+    if not args.skip_reference:
+        ref_ips = results[2]["images_per_s"]
+        print(f"reidsearch / reference: {ours_ips / ref_ips:.2f}x")
+        print(f"reference / model only: {ref_ips / upper:.2f}")
     heavy = sorted(m for m in ("ray", "mlflow", "optuna", "faiss") if m in sys.modules)
     if heavy:
         print(f"warning: imported {', '.join(heavy)}")

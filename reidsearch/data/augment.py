@@ -2,8 +2,10 @@
 
 Why: per-image PIL transforms in DataLoader workers cannot feed a GPU at thousands of images per
 second; here flip, pad + crop and random erasing are a handful of tensor ops over the whole batch.
-Random numbers are drawn on the CPU (from an optional generator), so results do not depend on
-the device.
+Random numbers are drawn where the generator lives: with one on the batch's device (as the
+trainer passes it) a training step copies nothing from the host, a copy that would make the host
+wait for the GPU every step. On the CPU the numbers are the same as when every draw was made on
+the CPU and copied to the batch's device.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ class BatchAugment:
         self.height, self.width = height, width
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.train = train
         self.flip_p, self.pad, self.erasing_p = flip_p, pad, erasing_p
         self.erasing_area, self.erasing_ratio = erasing_area, erasing_ratio
+        # log aspect-ratio bounds as float32 numbers held by Python floats: no tensor to copy
+        # to the device each step, and the same float32 arithmetic as with 0-d tensors
+        lo, hi = torch.log(torch.tensor(erasing_ratio, dtype=torch.float32))
+        self._log_ratio = (float(lo), float(hi - lo))
 
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None
@@ -59,13 +66,35 @@ class BatchAugment:
         if self.train and len(x):
             x = self._flip(x, generator)
             x = self._pad_crop(x, generator)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self._mean_std(x.device)
+        x = (x - mean) / std
         if self.train and self.erasing_p > 0 and len(x):
             x = self._erase(x, generator)
         return x.contiguous()
 
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean/std on ``device``, copied there once (not every batch)."""
+        if device not in self._norm:
+            self._norm[device] = (self.mean.to(device), self.std.to(device))
+        return self._norm[device]
+
+    @staticmethod
+    def _where(g: torch.Generator | None, device: torch.device) -> torch.device:
+        return g.device if g is not None else device
+
+    @staticmethod
+    def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Numbers drawn by a generator on another device (slow path: a copy per draw)."""
+        return t if t.device == device else t.to(device)
+
     def _rand(self, n: int, g: torch.Generator | None, device: torch.device) -> torch.Tensor:
-        return torch.rand(n, generator=g).to(device)
+        return self._to(torch.rand(n, generator=g, device=self._where(g, device)), device)
+
+    def _randint(
+        self, high: int, n: int, g: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
+        drawn = torch.randint(0, high, (n,), generator=g, device=self._where(g, device))
+        return self._to(drawn, device)
 
     def _flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         if self.flip_p <= 0:
@@ -79,8 +108,8 @@ class BatchAugment:
         n, c, h, w = x.shape
         pad, dev = self.pad, x.device
         padded = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
+        oy = self._randint(2 * pad + 1, n, g, dev)
+        ox = self._randint(2 * pad + 1, n, g, dev)
         rows = (oy[:, None] + torch.arange(h, device=dev)).view(n, 1, h, 1)
         cols = (ox[:, None] + torch.arange(w, device=dev)).view(n, 1, 1, w)
         batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
@@ -93,8 +122,8 @@ class BatchAugment:
         do = self._rand(n, g, dev) < self.erasing_p
         lo, hi = self.erasing_area
         area = (lo + (hi - lo) * self._rand(n, g, dev)) * (h * w)
-        rlo, rhi = torch.log(torch.tensor(self.erasing_ratio))
-        ratio = torch.exp(rlo + (rhi - rlo) * self._rand(n, g, dev))
+        rlo, rspan = self._log_ratio
+        ratio = torch.exp(rlo + rspan * self._rand(n, g, dev))
         eh = torch.sqrt(area * ratio).round().clamp(1, h)
         ew = torch.sqrt(area / ratio).round().clamp(1, w)
         y0 = (self._rand(n, g, dev) * (h - eh + 1)).floor()

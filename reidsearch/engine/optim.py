@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from reidsearch.config import OptimConfig, UnfreezeConfig
+if TYPE_CHECKING:  # the config needs pydantic; benchmarks/gpu_check.py runs without it
+    from reidsearch.config import OptimConfig, UnfreezeConfig
 
 
 def build_optimizer(
@@ -29,9 +31,14 @@ def build_optimizer(
     ]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
-    fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     optimizer_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return optimizer_cls(groups, lr=lr, fused=fused or None)
+    return optimizer_cls(groups, lr=lr, fused=fused_adam(model) or None)
+
+
+def fused_adam(model: nn.Module) -> bool:
+    """Fused Adam where every parameter is on a GPU: one kernel per step, and its step counters
+    live on the device (the unfused Adam reads its CPU counters every step)."""
+    return torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
 
 
 def unfreeze_steps(cfg: UnfreezeConfig, epoch: int, depth: int) -> int:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from reidsearch.config import TrialConfig
@@ -21,87 +20,38 @@ from reidsearch.data.sampler import PKSampler
 from reidsearch.engine.data import PreparedData
 from reidsearch.engine.distributed import mining_gather, scaled_lr, sync_batchnorm, wrap_ddp
 from reidsearch.engine.optim import build_optimizer, lr_factor, trainable_blocks
+from reidsearch.engine.step import (
+    GPU_CACHE_LIMIT_BYTES,
+    NAN_CHECK_EVERY,
+    ImageSource,
+    LossWatch,
+    StepInputs,
+    TrainingDiverged,
+    check_finite,
+    epoch_generator,
+    epoch_seed,
+    train_step,
+)
 from reidsearch.modeling import ReIDLoss, ReIDModel, build_model, freeze_backbone_blocks
 
-GPU_CACHE_LIMIT_BYTES = 8 * 1024**3
-NAN_CHECK_EVERY = 20  # steps between NaN checks (each check waits for the GPU)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the trial is stopped and marked failed."""
+__all__ = [
+    "GPU_CACHE_LIMIT_BYTES",
+    "NAN_CHECK_EVERY",
+    "ImageSource",
+    "SeedRun",
+    "TrainingDiverged",
+    "check_finite",
+    "epoch_generator",
+    "epoch_seed",
+    "seed_everything",
+    "train_step",
+]
 
 
 def seed_everything(seed: int) -> None:
     """Seeds torch (CPU and every CUDA device) and numpy."""
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-
-
-def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
-    """Augmentation randomness that depends only on (seed, epoch, rank): resume reproduces it.
-    A CPU generator: BatchAugment draws its random numbers on the CPU for any device."""
-    generator = torch.Generator()
-    generator.manual_seed(epoch_seed(seed, epoch, rank))
-    return generator
-
-
-def check_finite(loss_sums: torch.Tensor, epoch: int) -> None:
-    """Stop a diverged trial: a NaN/inf loss poisons every later step (and the sums).
-
-    Collective under DDP (every rank calls it at the same steps): all ranks stop together, so
-    none is left waiting in an all-reduce for a rank that has quit.
-    """
-    finite = torch.isfinite(loss_sums).all().to(torch.int32).reshape(1)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not bool(finite.item()):
-        raise TrainingDiverged(f"the loss became NaN or infinite in epoch {epoch + 1}")
-
-
-def train_step(
-    forward_model: nn.Module,
-    loss_fn: ReIDLoss,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    bf16: bool = False,
-    grad_clip: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns the detached loss parts (no host-device sync here)."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        output = forward_model(images)
-        loss, parts = loss_fn(output, labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(forward_model.parameters(), grad_clip)
-    optimizer.step()
-    return parts
-
-
-class ImageSource:
-    """Train images by index: from the memory-mapped cache, or from a copy on the GPU."""
-
-    def __init__(self, data: PreparedData, device: torch.device) -> None:
-        self.device = device
-        self.on_device: torch.Tensor | None = None
-        images = data.cache.images
-        if device.type == "cuda" and images.nbytes <= GPU_CACHE_LIMIT_BYTES:
-            self.on_device = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        self.data = data
-
-    def batch(self, index: np.ndarray) -> torch.Tensor:
-        if self.on_device is not None:
-            return self.on_device[torch.as_tensor(index, device=self.device)]
-        images = self.data.cache.batch(index)
-        if self.device.type == "cuda":
-            images = images.pin_memory()
-        return images.to(self.device, non_blocking=True)
 
 
 class SeedRun:
@@ -141,6 +91,7 @@ class SeedRun:
         )
         self.forward_model: nn.Module = self.model
         self.trainable: int | None = None
+        self.watch = LossWatch(device)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -181,19 +132,19 @@ class SeedRun:
         progress: Callable[..., Any] | None = None,
     ) -> tuple[torch.Tensor, int]:
         """One pass over the sampler; returns the summed (total, ce, triplet) losses (on the
-        device: a float() per step would stall the GPU every step) and the images seen."""
+        device) and the images seen. Nothing in the loop waits for the device (see
+        ``engine.step``); ``check_finite`` at the end reads the sums once."""
         # Dropout and augmentation noise per (seed, epoch, rank): each rank its own, and a
         # resumed run draws exactly what the uninterrupted run would have.
         seed_everything(epoch_seed(self.seed, epoch, self.rank) + 1)
-        generator = epoch_generator(self.seed, epoch, self.rank)
+        generator = epoch_generator(self.seed, epoch, self.rank, self.device)
+        inputs = StepInputs(source, data.train_index, data.train_labels, augment)
         self.model.train()
-        sums = torch.zeros(3, device=self.device)
+        self.watch.reset(epoch)
         seen = 0
         batches = progress(self.sampler) if progress is not None else self.sampler
-        for step, batch in enumerate(batches, 1):
-            index = np.asarray(batch)
-            labels = torch.as_tensor(data.train_labels[index], device=self.device)
-            images = augment(source.batch(data.train_index[index]), generator=generator)
+        for batch in batches:
+            images, labels = inputs(batch, generator)
             parts = train_step(
                 self.forward_model,
                 self.loss_fn,
@@ -204,9 +155,7 @@ class SeedRun:
                 grad_clip=self.cfg.optim.grad_clip,
             )
             self.scheduler.step()
-            sums += torch.stack([parts["total"], parts["ce"], parts["triplet"]])
-            seen += len(index)
-            if step % NAN_CHECK_EVERY == 0:
-                check_finite(sums, epoch)
-        check_finite(sums, epoch)
-        return sums / max(1, len(self.sampler)), seen
+            self.watch.add(parts)
+            seen += len(batch)
+        check_finite(self.watch.sums, epoch)
+        return self.watch.sums / max(1, len(self.sampler)), seen

@@ -9,12 +9,15 @@ P x K batches to find positives.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from reidsearch.config import LossConfig
 from reidsearch.modeling.heads import ReIDOutput
+
+if TYPE_CHECKING:  # the config needs pydantic; the model layer runs without it
+    from reidsearch.config import LossConfig
 
 __all__ = ["ReIDLoss", "batch_hard_triplet", "cross_entropy_label_smoothing", "pairwise_distances"]
 
@@ -71,13 +74,15 @@ def batch_hard_triplet(
     pos = same & ~eye
     neg = ~same
     valid = pos.any(dim=1) & neg.any(dim=1)
-    if not valid.any():  # still a function of the candidates: other ranks' backward waits on it
-        return (embeddings.sum() + candidates.sum()) * 0.0
-    d_ap = dist.masked_fill(~pos, float("-inf")).amax(dim=1)[valid]
-    d_an = dist.masked_fill(~neg, float("inf")).amin(dim=1)[valid]
-    if margin is None:
-        return F.softplus(d_ap - d_an).mean()
-    return F.relu(d_ap - d_an + margin).mean()
+    # No `if valid.any()` and no `[valid]` indexing: both make the host wait for the GPU (a
+    # data-dependent shape). Invalid anchors are masked out of a mean over the valid ones; with
+    # none the loss is 0 and still a function of every candidate (other ranks' backward waits
+    # on this one's gradient).
+    d_ap = dist.masked_fill(~pos, float("-inf")).amax(dim=1)
+    d_an = dist.masked_fill(~neg, float("inf")).amin(dim=1)
+    gap = torch.where(valid, d_ap - d_an, 0.0)
+    per_anchor = F.softplus(gap) if margin is None else F.relu(gap + margin)
+    return torch.where(valid, per_anchor, 0.0).sum() / valid.sum().clamp_min(1)
 
 
 class ReIDLoss:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidsearch.config import ModelConfig
 from reidsearch.errors import ConfigError
 from reidsearch.modeling.backbone import backbone_mean_std, backbone_token_grid, build_backbone
 from reidsearch.modeling.heads import ReIDOutput, build_head, row_pool
+
+if TYPE_CHECKING:  # the config needs pydantic; the model layer runs without it
+    from reidsearch.config import ModelConfig
 
 __all__ = ["ReIDModel", "ReIDOutput", "build_model", "freeze_backbone_blocks"]
 
