@@ -29,25 +29,42 @@ sys.path.insert(0, str(ROOT))
 RUNNERS = ("ray_train", "trial_process")
 
 
-def write_space(folder: Path, trials: int, epochs: int, concurrent: int, runner: str) -> Path:
+def quickstart_variant(folder: Path, name: str, **fields) -> Path:
+    """The quickstart space with a throw-away MLflow store and storage under ``folder``;
+    ``fields`` replace top-level keys, dotted ``fixed.*`` keys set the trial config."""
     space = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     space.update(
-        name="startup",
-        searcher="optuna",
-        trials=trials,
-        max_concurrent=concurrent,
-        scheduler={"type": "none"},
+        name=name,
         points_to_evaluate=[],
         storage_path=str(folder / "runs"),
-        mlflow={"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": "startup"},
+        mlflow={"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": name},
     )
-    space["resources"]["runner"] = runner
-    space["fixed"]["epochs"] = epochs
-    space["fixed"]["eval"]["baseline"] = False
-    space["search"] = {"optim.lr": {"type": "loguniform", "low": 2.0e-4, "high": 2.0e-3}}
-    path = folder / "startup.yaml"
+    for key, value in fields.items():
+        if key.startswith("fixed."):
+            node = space["fixed"]
+            *parents, last = key.split(".")[1:]
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        else:
+            space[key] = value
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
+
+
+def trial_histories(folder: Path, name: str, metric: str) -> list[list[tuple[int, int, float]]]:
+    """Per trial of the search, the (timestamp ms, epoch, value) of ``metric`` as MLflow
+    recorded it (the search's own record: Tune's CSV loggers may be off)."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`reidsearch.kind` = 'trial'")
+    return [
+        [(m.timestamp, m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric)]
+        for run in runs
+    ]
 
 
 def measure(
@@ -58,17 +75,23 @@ def measure(
     from reidsearch.search.space import load_search_space
 
     with tempfile.TemporaryDirectory() as tmp:
-        space = load_search_space(write_space(Path(tmp), trials, epochs, concurrent, runner))
+        folder = Path(tmp)
+        space_file = quickstart_variant(
+            folder,
+            "startup",
+            trials=trials,
+            max_concurrent=concurrent,
+            scheduler={"type": "none"},
+            resources={"workers": 1, "cpus_per_worker": 1, "runner": runner},
+            search={"optim.lr": {"type": "loguniform", "low": 2.0e-4, "high": 2.0e-3}},
+            **{"fixed.epochs": epochs, "fixed.eval.baseline": False},
+        )
         started = time.perf_counter()
-        _, results = run_search(space, address="local", verbose=0)
+        _, results = run_search(load_search_space(space_file), address="local", verbose=0)
         wall = time.perf_counter() - started
-        rows = []
-        for result in results:
-            frame = result.metrics_dataframe
-            startup = frame["startup_s"].dropna()
-            if len(startup):
-                rows.append((float(startup.iloc[0]), float(result.metrics["time_total_s"])))
-        return rows, wall
+        startups = sorted(h[0][2] for h in trial_histories(folder, "startup", "startup_s") if h)
+        totals = sorted(float(result.metrics["time_total_s"]) for result in results)
+        return list(zip(startups, totals, strict=False)), wall  # medians pair up, not trials
 
 
 def main() -> None:
@@ -83,12 +106,12 @@ def main() -> None:
         rows, wall = measure(args.trials, args.epochs, args.concurrent, runner)
         if not rows:
             raise SystemExit(f"{runner}: no trial reported startup_s")
-        for n, (startup, total) in enumerate(rows):
-            print(f"{runner} trial {n}: start-up {startup:.1f} s of {total:.1f} s")
+        for startup, total in rows:
+            print(f"{runner}: start-up {startup:.1f} s; trial wall time {total:.1f} s")
         medians[runner] = (
             statistics.median(r[0] for r in rows),
             statistics.median(r[1] for r in rows),
-            statistics.median(r[0] / r[1] for r in rows),
+            statistics.median(r[0] for r in rows) / statistics.median(r[1] for r in rows),
             wall,
         )
     for runner, (startup, total, share, wall) in medians.items():

@@ -52,6 +52,7 @@ from bench_train import (  # noqa: E402
     timed,
     trainer_step,
 )
+from gpu_check_retrieval import faiss_check, rerank_check  # noqa: E402
 
 from reidsearch.data.augment import BatchAugment  # noqa: E402
 from reidsearch.engine.distributed import wrap_ddp  # noqa: E402
@@ -255,25 +256,6 @@ def eval_check(
     return qf, gf
 
 
-def faiss_check(qf: torch.Tensor, gf: torch.Tensor) -> None:
-    try:
-        import faiss
-    except ImportError as exc:
-        report("faiss GPU", True, f"skipped (faiss does not import: {exc})")
-        return
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-        report("faiss GPU", True, "skipped (this faiss has no GPU support or sees no GPU)")
-        return
-    from reidsearch.evaluation.retrieval import faiss_topk
-
-    started = time.perf_counter()
-    _, ranked = faiss_topk(qf, gf, 100, use_gpu=True)
-    seconds = time.perf_counter() - started
-    agree = float(np.mean(ranked[:, 0] == (qf @ gf.T).argmax(dim=1).cpu().numpy()))
-    line = f"top-100 of {len(qf):,} x {len(gf):,} in {seconds:.2f} s; top-1 = torch's: {agree:.4f}"
-    report("faiss GPU", agree > 0.99, line)
-
-
 def _ddp_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     """One rank: three bf16 DDP steps of the run's model, then a checksum of its weights."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -351,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             model = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    checks = [("faiss GPU", faiss_check, features), ("DDP", ddp_check, (args, device))]
+    checks = [
+        ("faiss GPU", faiss_check, None if features is None else (report, *features)),
+        ("re-ranking", rerank_check, None if features is None else (report, *features)),
+        ("DDP", ddp_check, (args, device)),
+    ]
     for name, check, inputs in checks:
         if inputs is None:
             report(name, False, "not run: no features (the evaluation failed)")

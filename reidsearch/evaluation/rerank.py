@@ -23,6 +23,8 @@ With features, d is the squared Euclidean distance of L2-normalised features, 2 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -109,15 +111,41 @@ def _order_keys(closeness: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return ((orderable_bits(-closeness) - (1 << 31)) << 32) | idx
 
 
-def _nearest(dist: Any, width: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _nearest(
+    dist: Any, width: int, chunk: int, workers: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each item's ``width`` nearest items (ties by index), their distances, and the item's
-    maximum distance over all N items (the row normaliser)."""
+    maximum distance over all N items (the row normaliser).
+
+    Per chunk of rows, one matmul (numpy's threads on a CPU), then the top-k and the row
+    maximum, rows split between ``workers`` threads: torch's CPU top-k and min run on one
+    thread each inside ``single_thread``, and are a third of the time at MSMT17 scale."""
     n = dist.n
     extra = min(n, width + 4)
     ranks, near, rowmax = [], [], []
-    for start in range(0, n, chunk):
-        c = dist.closeness_rows(start, min(start + chunk, n))
-        rowmax.append(dist.to_dist(c.min(1).values))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    rows_fn = partial(_nearest_rows, dist=dist, width=width, extra=extra, n=n)
+    try:
+        for start in range(0, n, chunk):
+            c = dist.closeness_rows(start, min(start + chunk, n))
+            edges = np.linspace(0, c.shape[0], (workers if pool else 1) + 1).astype(int)
+            parts = [c[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+            done = list(pool.map(rows_fn, parts)) if pool else list(map(rows_fn, parts))
+            ranks += [d[0] for d in done]
+            near += [d[1] for d in done]
+            rowmax += [d[2] for d in done]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return torch.cat(ranks), torch.cat(near), torch.cat(rowmax)
+
+
+def _nearest_rows(
+    c: torch.Tensor, dist: Any, width: int, extra: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_nearest`` for a block of closeness rows."""
+    with torch.inference_mode():  # thread-local: the pool's threads need it too
+        rowmax = dist.to_dist(c.min(1).values)
         vals, idx = torch.topk(c, extra, dim=1, largest=True, sorted=True)
         _, order = torch.sort(_order_keys(vals, idx), dim=1)
         idx, vals = idx.gather(1, order), vals.gather(1, order)
@@ -129,9 +157,7 @@ def _nearest(dist: Any, width: int, chunk: int) -> tuple[torch.Tensor, torch.Ten
             best = torch.topk(full, width, dim=1, largest=False).values.sort(1)[0] & 0xFFFFFFFF
             idx[rows, :width] = best
             vals[rows, :width] = c[rows].gather(1, best)
-        ranks.append(idx[:, :width])
-        near.append(dist.to_dist(vals[:, :width]))
-    return torch.cat(ranks), torch.cat(near), torch.cat(rowmax)
+        return idx[:, :width], dist.to_dist(vals[:, :width]), rowmax
 
 
 def _pair_dist(
@@ -239,11 +265,12 @@ def _rerank(
     chunk: int,
     max_pairs: int,
     stored_neighbours: int = 64,
+    workers: int = 1,
 ) -> torch.Tensor:
     n = dist.n
     num_g = n - num_q
     width = min(n, max(k1 + 1, k2, stored_neighbours))
-    ranks, near, rowmax = _nearest(dist, width, chunk)
+    ranks, near, rowmax = _nearest(dist, width, chunk, workers)
 
     vr, vc = _expanded_sets(ranks, k1, chunk)
     w = torch.exp(-(_pair_dist(dist, ranks, near, vr, vc) / rowmax[vr]))
@@ -307,9 +334,12 @@ def re_rank(
     if device is None:
         device = qf.device if isinstance(qf, torch.Tensor) else torch.device("cpu")
     q, g = as_float_tensor(qf, torch.device(device)), as_float_tensor(gf, torch.device(device))
+    workers = torch.get_num_threads() if q.device.type == "cpu" else 1
     with torch.inference_mode(), single_thread(q.device.type == "cpu"):
         dist = _FeatureDistance(torch.cat([q, g], 0))
-        out = _rerank(dist, q.shape[0], k1, k2, lambda_value, chunk_size, max_pairs)
+        out = _rerank(
+            dist, q.shape[0], k1, k2, lambda_value, chunk_size, max_pairs, workers=workers
+        )
     return _finish(out, qf)
 
 
@@ -329,11 +359,12 @@ def re_rank_dist(
     if device is None:
         device = q_g_dist.device if isinstance(q_g_dist, torch.Tensor) else torch.device("cpu")
     dev = torch.device(device)
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
     with torch.inference_mode(), single_thread(dev.type == "cpu"):
         dist = _MatrixDistance(
             as_float_tensor(q_g_dist, dev),
             as_float_tensor(q_q_dist, dev),
             as_float_tensor(g_g_dist, dev),
         )
-        out = _rerank(dist, dist.nq, k1, k2, lambda_value, chunk_size, max_pairs)
+        out = _rerank(dist, dist.nq, k1, k2, lambda_value, chunk_size, max_pairs, workers=workers)
     return _finish(out, q_g_dist)

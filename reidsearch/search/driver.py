@@ -146,16 +146,21 @@ def full_length(space: SearchSpace) -> int:
 def _searcher(space: SearchSpace, max_concurrent: int) -> Any:
     if space.searcher == "grid":
         return None
-    from optuna.samplers import TPESampler
+    from optuna.samplers import RandomSampler, TPESampler
 
     # Optuna's TPE samples its first 10 trials at random; small searches would never use TPE.
     startup = max(2, min(10, space.trials // 3))
+    sampler = (
+        RandomSampler(seed=space.seed)  # the baseline TPE is measured against (bench_search)
+        if space.searcher == "random"
+        else TPESampler(seed=space.seed, n_startup_trials=startup)
+    )
     searcher = PruneAwareOptunaSearch(
         space=space.optuna_define_by_run(),
         metric=SCORE_KEY,
         mode=space.objective.mode,
         points_to_evaluate=space.points_to_evaluate or None,
-        sampler=TPESampler(seed=space.seed, n_startup_trials=startup),
+        sampler=sampler,
         max_epochs=full_length(space),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

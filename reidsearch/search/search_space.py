@@ -39,7 +39,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     fixed_config: TrialConfig
     params: list[ParamSpec]
-    searcher: Literal["optuna", "grid"]
+    searcher: Literal["optuna", "random", "grid"]
     trials: int
     max_concurrent: int
     scheduler: SchedulerSettings

@@ -74,7 +74,7 @@ class SpaceFile(_Strict):
     description: str | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Any] = Field(default_factory=dict)
-    searcher: Literal["optuna", "grid"] = "optuna"
+    searcher: Literal["optuna", "random", "grid"] = "optuna"
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     repeats: int = Field(
         1,

@@ -1,0 +1,104 @@
+"""Every benchmark runs at its smallest size, so none rots (their figures: benchmarks/README.md).
+
+bench_faults and gpu_check have their own tests (test_bench_faults.py, test_gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> str:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def test_bench_eval_smallest() -> None:
+    out = _run(
+        "bench_eval.py",
+        *("--queries", "48", "--gallery", "400", "--dim", "16", "--ids", "12", "--repeats", "1"),
+        *("--paths", "compact", "dense", "sorted"),
+    )
+    assert "(a) evaluate()" in out and "(a0) the query x gallery matmul alone" in out
+    assert out.count("(same metrics)") == 3  # every counting path gave the same metrics
+    assert "max |CMC diff| 0.00e+00" in out  # and the argsort loop agrees
+    assert "(c) re-ranking" in out
+
+
+def test_bench_synth_cache_smallest() -> None:
+    out = _run(
+        "bench_synth_cache.py", "--ids", "4", "--images-per-camera", "2", "--size", "32", "16"
+    )
+    assert "img/s" in out or "images/s" in out
+
+
+def test_bench_train_smallest() -> None:
+    out = _run(
+        "bench_train.py",
+        *("--backbone", "vit_tiny_patch16_224", "--depth", "1", "--height", "32", "--width", "16"),
+        *("--p", "2", "--k", "2", "--steps", "1", "--warmup", "1", "--ids", "6"),
+    )
+    assert "reidsearch / model only" in out and "reidsearch / reference" in out
+
+
+@pytest.mark.cluster  # starts its own local Ray (run with the other Ray-heavy tests, last)
+def test_bench_startup_smallest() -> None:
+    out = _run(
+        "bench_startup.py",
+        *("--trials", "1", "--epochs", "1", "--concurrent", "1", "--runners", "trial_process"),
+        timeout=600,
+    )
+    assert "trial_process: median start-up" in out
+
+
+@pytest.mark.cluster  # two searches on their own local Ray
+def test_bench_search_smallest() -> None:
+    out = _run(
+        "bench_search.py",
+        *("--seeds", "0", "--random-trials", "2", "--tpe-trials", "2", "--epochs", "1"),
+        timeout=600,
+    )
+    assert "seed 0: random best mAP" in out and "median share" in out
+    assert "random best mAP by budget: 1:" in out and "tpe_asha best mAP by budget: 1:" in out
+
+
+def test_best_by_budget_counts_every_trial_epoch_in_time_order() -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_search import best_by_budget, budget_to_reach
+
+    trial_a = [(10, 1, 0.2), (30, 2, 0.1)]
+    trial_b = [(20, 1, 0.3), (40, 2, 0.5)]
+    curve = best_by_budget([trial_a, trial_b])
+    assert curve == [(1, 0.2), (2, 0.3), (3, 0.3), (4, 0.5)]
+    assert budget_to_reach(curve, 0.3) == 2 and budget_to_reach(curve, 0.9) is None
+
+
+def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
+    from optuna.samplers import RandomSampler
+
+    from reidsearch.search.driver import _searcher
+    from reidsearch.search.space import load_search_space
+    from tests.test_search_e2e import _write_space
+
+    space = load_search_space(
+        _write_space(
+            tmp_path / "rand.yaml",
+            searcher="random",
+            trials=3,
+            search={"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        )
+    )
+    limiter = _searcher(space, max_concurrent=1)
+    assert isinstance(limiter.searcher._sampler, RandomSampler)
