@@ -111,6 +111,10 @@ def test_evaluation_skips_a_query_whose_only_match_was_dropped(broken, tmp_path:
     model_cfg = ModelConfig(backbone="vit_tiny_patch16_224", depth=1, embed_dim=32, num_heads=2)
     model = build_model(model_cfg, data.num_classes, (HEIGHT, WIDTH))
     metrics = evaluate_model(model, data, EvalConfig(), amp=False).metrics
+    from reidsearch.engine.step import ImageSource
+
+    source = ImageSource(data, torch.device("cpu"))  # the trainer's rows: the same images
+    assert evaluate_model(model, data, EvalConfig(), amp=False, source=source).metrics == metrics
     pid = int(gallery.split("/")[1][:4])
     assert sum(data.query_pids == pid) == 1 and sum(data.gallery_pids == pid) == 1
     assert metrics["num_valid_queries"] == len(data.query_index) - 1 == 2

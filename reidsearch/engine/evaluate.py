@@ -12,6 +12,7 @@ import torch
 from reidsearch.config import QUERY_METRICS, EvalConfig
 from reidsearch.data.augment import BatchAugment
 from reidsearch.engine.data import PreparedData
+from reidsearch.engine.step import ImageSource
 from reidsearch.evaluation import evaluate
 from reidsearch.evaluation.features import extract_features
 
@@ -33,10 +34,14 @@ def _batches(
     augment: BatchAugment,
     batch_size: int,
     device: torch.device,
+    source: ImageSource | None,
 ) -> Iterator[torch.Tensor]:
     for start in range(0, len(index), batch_size):
-        images = data.cache.batch(index[start : start + batch_size]).to(device, non_blocking=True)
-        yield augment(images)
+        rows = index[start : start + batch_size]
+        if source is not None:  # the trainer's: the cache already on the GPU, or pinned copies
+            yield augment(source.batch(rows))
+        else:
+            yield augment(data.cache.batch(rows).to(device, non_blocking=True))
 
 
 @torch.no_grad()
@@ -48,8 +53,11 @@ def evaluate_model(
     feature: str = "default",
     device: torch.device | None = None,
     amp: bool = True,
+    source: ImageSource | None = None,
 ) -> EvalOutput:
-    """Extract L2-normalised query/gallery features and compute mAP, CMC and mINP."""
+    """Extract L2-normalised query/gallery features and compute mAP, CMC and mINP.
+
+    ``source``: the trainer's image source, whose cache may already be on the GPU."""
     device = device or next(model.parameters()).device
     height, width = data.cache.images.shape[1:3]
     augment = BatchAugment(height, width, model.mean, model.std, train=False)
@@ -59,7 +67,7 @@ def evaluate_model(
         qf, gf = (
             extract_features(
                 lambda x: model.extract(x, feature),
-                _batches(data, index, augment, cfg.batch_size, device),
+                _batches(data, index, augment, cfg.batch_size, device, source),
                 flip=cfg.flip,
                 device=device,
                 amp=amp,

@@ -98,12 +98,22 @@ def _progress(ctx: TrainContext, epoch: int, epochs: int) -> Callable[..., Any] 
 
 
 def _evaluate(
-    runs: list[SeedRun], data: PreparedData, cfg: TrialConfig, device: torch.device
+    runs: list[SeedRun],
+    data: PreparedData,
+    cfg: TrialConfig,
+    device: torch.device,
+    source: ImageSource,
 ) -> tuple[dict[str, float], list[EvalOutput]]:
     """Every seed's model scored on the same queries, then combined (mean, interval, spread)."""
     outputs = [
         evaluate_model(
-            run.model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp
+            run.model,
+            data,
+            cfg.eval,
+            feature=cfg.model.feature,
+            device=device,
+            amp=cfg.amp,
+            source=source,
         )
         for run in runs
     ]
@@ -192,7 +202,13 @@ def train(
         leaks = data.query_leaks if data.query_leaks is not None else check_leaks(data)
     if cfg.eval.baseline and ctx.rank == 0 and resume is None:
         scores = evaluate_model(
-            model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp
+            model,
+            data,
+            cfg.eval,
+            feature=cfg.model.feature,
+            device=device,
+            amp=cfg.amp,
+            source=source,
         ).metrics
         untrained = {"untrained_mAP": scores["mAP"], "untrained_rank1": scores["rank1"]}
 
@@ -224,7 +240,7 @@ def train(
         is_eval_epoch = (epoch + 1) % cfg.eval.period == 0 or epoch + 1 == cfg.epochs
         epoch_score: dict[str, float] = {}
         if is_eval_epoch and ctx.rank == 0:
-            last_eval, eval_outputs = _evaluate(runs, data, cfg, device)
+            last_eval, eval_outputs = _evaluate(runs, data, cfg, device, source)
             last_eval["loss"] = float(sums[0])
             scored_here = scorer.update(epoch + 1, last_eval)
             epoch_score = {EPOCH_SCORE_KEY: scorer.value(last_eval)}
