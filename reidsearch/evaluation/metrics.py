@@ -148,37 +148,38 @@ def compute_metrics(
     pos_bounds = np.searchsorted(pos_q, np.arange(0, num_q + chunk_size, chunk_size))
     ex_bounds = np.searchsorted(ex_q, np.arange(0, num_q + chunk_size, chunk_size))
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    for c, start in enumerate(range(0, num_q, chunk_size)):
-        stop = min(start + chunk_size, num_q)
-        pa, pb = pos_bounds[c], pos_bounds[c + 1]
-        if pa == pb:
-            continue
-        scores = scores_fn(start, stop)
-        ea, eb = ex_bounds[c], ex_bounds[c + 1]
-        if eb > ea:
-            eq = torch.from_numpy(ex_q[ea:eb] - start).to(device)
-            eg = torch.from_numpy(ex_g[ea:eb]).to(device)
-            scores[eq, eg] = float("-inf")
-        pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
-        pg = torch.from_numpy(pos_g[pa:pb]).to(device)
-        prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool)
-        num_c = stop - start
-        counts = torch.bincount(prow, minlength=num_c)
-        ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)
-        ap_sum.index_add_(0, prow, above.double() / rank.double())
-        first_rank = torch.zeros(num_c, dtype=torch.long, device=device)
-        first_rank.scatter_reduce_(0, prow, rank, reduce="amin", include_self=False)
-        hardest = torch.ones(num_c, dtype=torch.long, device=device)
-        hardest.scatter_reduce_(0, prow, rank, reduce="amax", include_self=False)
-        sl = slice(start, stop)
-        cnt = counts.cpu().numpy()
-        npos[sl] = cnt
-        first[sl] = first_rank.cpu().numpy()
-        ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
-        inp[sl] = cnt / hardest.cpu().numpy()
-
-    if pool is not None:
-        pool.shutdown()
+    try:
+        for c, start in enumerate(range(0, num_q, chunk_size)):
+            stop = min(start + chunk_size, num_q)
+            pa, pb = pos_bounds[c], pos_bounds[c + 1]
+            if pa == pb:
+                continue
+            scores = scores_fn(start, stop)
+            ea, eb = ex_bounds[c], ex_bounds[c + 1]
+            if eb > ea:
+                eq = torch.from_numpy(ex_q[ea:eb] - start).to(device)
+                eg = torch.from_numpy(ex_g[ea:eb]).to(device)
+                scores[eq, eg] = float("-inf")
+            pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
+            pg = torch.from_numpy(pos_g[pa:pb]).to(device)
+            prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool)
+            num_c = stop - start
+            counts = torch.bincount(prow, minlength=num_c)
+            ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)
+            ap_sum.index_add_(0, prow, above.double() / rank.double())
+            first_rank = torch.zeros(num_c, dtype=torch.long, device=device)
+            first_rank.scatter_reduce_(0, prow, rank, reduce="amin", include_self=False)
+            hardest = torch.ones(num_c, dtype=torch.long, device=device)
+            hardest.scatter_reduce_(0, prow, rank, reduce="amax", include_self=False)
+            sl = slice(start, stop)
+            cnt = counts.cpu().numpy()
+            npos[sl] = cnt
+            first[sl] = first_rank.cpu().numpy()
+            ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
+            inp[sl] = cnt / hardest.cpu().numpy()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     valid = npos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
