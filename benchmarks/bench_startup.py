@@ -49,7 +49,7 @@ def quickstart_variant(folder: Path, name: str, **fields) -> Path:
         else:
             space[key] = value
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path.write_text(yaml.safe_dump(space, sort_keys=False))  # search order matters (`when`)
     return path
 
 
