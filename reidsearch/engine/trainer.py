@@ -97,6 +97,19 @@ def _progress(ctx: TrainContext, epoch: int, epochs: int) -> Callable[..., Any] 
     return lambda batches: bar(batches, desc=f"epoch {epoch + 1}/{epochs}")
 
 
+def _score(
+    model: torch.nn.Module,
+    data: PreparedData,
+    cfg: TrialConfig,
+    device: torch.device,
+    source: ImageSource,
+) -> EvalOutput:
+    """One model on the query/gallery splits, as the trial evaluates (its feature, its cache)."""
+    return evaluate_model(
+        model, data, cfg.eval, feature=cfg.model.feature, device=device, amp=cfg.amp, source=source
+    )
+
+
 def _evaluate(
     runs: list[SeedRun],
     data: PreparedData,
@@ -105,18 +118,7 @@ def _evaluate(
     source: ImageSource,
 ) -> tuple[dict[str, float], list[EvalOutput]]:
     """Every seed's model scored on the same queries, then combined (mean, interval, spread)."""
-    outputs = [
-        evaluate_model(
-            run.model,
-            data,
-            cfg.eval,
-            feature=cfg.model.feature,
-            device=device,
-            amp=cfg.amp,
-            source=source,
-        )
-        for run in runs
-    ]
+    outputs = [_score(run.model, data, cfg, device, source) for run in runs]
     combined = combine_seeds(
         [o.metrics for o in outputs], [o.per_query for o in outputs], seed=cfg.seed
     )
@@ -201,15 +203,7 @@ def train(
     if ctx.rank == 0 and resume is None:  # a search checks once, in its driver
         leaks = data.query_leaks if data.query_leaks is not None else check_leaks(data)
     if cfg.eval.baseline and ctx.rank == 0 and resume is None:
-        scores = evaluate_model(
-            model,
-            data,
-            cfg.eval,
-            feature=cfg.model.feature,
-            device=device,
-            amp=cfg.amp,
-            source=source,
-        ).metrics
+        scores = _score(model, data, cfg, device, source).metrics
         untrained = {"untrained_mAP": scores["mAP"], "untrained_rank1": scores["rank1"]}
 
     # Trial start -> first training step of this run: process and process-group start, imports,
