@@ -31,9 +31,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
 from reidsearch.engine.scoring import EPOCH_SCORE_KEY
-from reidsearch.engine.trainer import CheckpointPayload, TrainContext, train
-from reidsearch.search.ray_train import _crash_once, _replay, checkpoint_dir_name
-from reidsearch.search.shipping import received_data, received_weights
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext
+from reidsearch.search.ray_train import _crash_once, checkpoint_dir_name, resume_and_train
 from reidsearch.search.tracking import NODE_KEY
 from reidsearch.storage import filesystem, join, list_dirs
 
@@ -153,13 +152,5 @@ def run_in_trial(
         _crash_once(fault, int(metrics["epoch"]), 0)
 
     resume, path = folder.latest()
-    if resume is not None:
-        _replay(resume, path, lambda metrics, _: send(metrics))
-    return train(
-        cfg,
-        report,
-        ctx=ctx,
-        resume=resume,
-        data=received_data(shipment, cfg),
-        backbone_weights=received_weights(shipment, cfg),
-    )
+    replay = lambda metrics, _: send(metrics)  # noqa: E731 - replayed epochs save nothing
+    return resume_and_train(cfg, report, replay, ctx, resume, path, shipment)

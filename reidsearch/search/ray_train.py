@@ -91,6 +91,29 @@ def _replay(resume: dict[str, Any], checkpoint_path: str | None, report: Any) ->
         report({**metrics, REPLAYED_KEY: 1, CHECKPOINT_PATH_KEY: path}, None)
 
 
+def resume_and_train(
+    cfg: TrialConfig,
+    report: Any,
+    replay: Any,
+    ctx: TrainContext,
+    resume: dict[str, Any] | None,
+    checkpoint_path: str | None,
+    shipment: Shipment | None,
+) -> dict[str, float]:
+    """What every trial runner does: replay the epochs of the checkpoint it resumes from (if
+    any) through ``replay``, then train on from there with the driver's shipped inputs."""
+    if resume is not None:
+        _replay(resume, checkpoint_path, replay)
+    return train(
+        cfg,
+        report,
+        ctx=ctx,
+        resume=resume,
+        data=received_data(shipment, cfg),
+        backbone_weights=received_weights(shipment, cfg),
+    )
+
+
 def checkpoint_dir_name(epoch: int) -> str:
     """The folder of an epoch's checkpoint inside its Train run."""
     return f"epoch_{epoch:04d}"
@@ -122,17 +145,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
 
     shipment = loop_config.get("shipment")
     resume, resumed_checkpoint = load_resume_state()
-    if resume is not None:
-        _replay(resume, resumed_checkpoint, report)
     try:
-        train(
-            cfg,
-            report,
-            ctx=ctx,
-            resume=resume,
-            data=received_data(shipment, cfg),
-            backbone_weights=received_weights(shipment, cfg),
-        )
+        resume_and_train(cfg, report, report, ctx, resume, resumed_checkpoint, shipment)
     except TrainingDiverged as exc:
         # A deterministic divergence: end the run cleanly (every rank gets here together) so
         # Ray Train does not retry it from a checkpoint; the caller marks the trial failed.
