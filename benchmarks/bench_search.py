@@ -1,7 +1,7 @@
 """Search efficiency: TPE + ASHA against random search without early stopping, same budget.
 
     .venv/bin/python benchmarks/bench_search.py [--seeds 0 1 2] [--random-trials 6]
-        [--tpe-trials 12] [--epochs 8]
+        [--tpe-trials 12] [--epochs 8] [--reduction-factor 2]
 
 Both run the quickstart's search space (synthetic data, tiny ViT, ``runner: trial_process``) on
 an embedded local Ray. The budget is counted in trial-epochs (each epoch any trial trains).
@@ -42,12 +42,14 @@ def budget_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return next((spent for spent, best in curve if best >= target), None)
 
 
-def run(method: str, seed: int, trials: int, epochs: int, concurrent: int) -> list:
+def run(
+    method: str, seed: int, trials: int, epochs: int, concurrent: int, reduction: int = 2
+) -> list:
     from reidsearch.search.driver import run_search
     from reidsearch.search.space import load_search_space
 
     scheduler = (
-        {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+        {"type": "asha", "grace_period": 1, "reduction_factor": reduction}
         if method == "tpe_asha"
         else {"type": "none"}
     )
@@ -76,11 +78,14 @@ def main() -> None:
     ap.add_argument("--tpe-trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--concurrent", type=int, default=2)
+    ap.add_argument("--reduction-factor", type=int, default=2, help="ASHA's (grace period 1)")
     args = ap.parse_args()
     shares = []
     for seed in args.seeds:
         random_curve = run("random", seed, args.random_trials, args.epochs, args.concurrent)
-        tpe_curve = run("tpe_asha", seed, args.tpe_trials, args.epochs, args.concurrent)
+        tpe_curve = run(
+            "tpe_asha", seed, args.tpe_trials, args.epochs, args.concurrent, args.reduction_factor
+        )
         budget, target = random_curve[-1]
         reached = budget_to_reach(tpe_curve, target)
         print(
