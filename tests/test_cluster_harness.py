@@ -87,16 +87,17 @@ def test_autoscaling_cluster_adds_nodes_with_their_own_folders(s3):
         assert head_cwd == str(cluster.root / "nodes" / "head" / "work")
 
         t1 = time.monotonic()
+        before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert before == {head_id}  # no CPU anywhere yet: the tasks below must wait for nodes
         cpu_task = ray.remote(num_cpus=1)(where)
         refs = [cpu_task.remote(2) for _ in range(2)]
-        ready, _ = ray.wait(refs, num_returns=2, timeout=2)
-        assert not ready, "a CPU task ran before the autoscaler added a node"
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 1
         results = ray.get(refs, timeout=180)
         print(f"two cpu_worker nodes up and tasks done in {time.monotonic() - t1:.1f} s")
 
         nodes = {r[0] for r in results}
-        assert len(nodes) == 2 and head_id not in nodes
+        # Both ran, one per node, on nodes the autoscaler added for them (a fast machine may
+        # have them up within a second or two: no timing is asserted).
+        assert len(nodes) == 2 and not nodes & before
         for node, cwd, home, cache in results:
             node_dir = os.path.dirname(cwd)
             assert os.path.dirname(node_dir) == str(cluster.root / "nodes")
