@@ -248,7 +248,7 @@ def test_a_search_through_the_cli_prints_a_short_plain_log(tmp_path):
         "trials": 3,
         "max_concurrent": 2,
         "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
         "seed": 0,
         "storage_path": str(tmp_path / "runs"),
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},

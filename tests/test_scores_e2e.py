@@ -25,7 +25,7 @@ def _space(folder: Path, **fields) -> Path:
         "trials": 3,
         "max_concurrent": 2,
         "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
         "storage_path": str(folder / "runs"),
         "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
     }

@@ -1,4 +1,8 @@
-"""The search end to end: real local Ray Tune + Optuna + ASHA + Ray Train, a real MLflow store."""
+"""The search end to end: real local Ray Tune + Optuna + ASHA, a real MLflow store.
+
+Trials train in their Tune process (``runner: trial_process``, seconds to start) unless a test
+is about Ray Train's own behaviour (the diverged-trial tests: one attempt, resume skips it);
+Ray Train trials are also covered by test_ray_train, the drills and the cluster tests."""
 
 from __future__ import annotations
 
@@ -13,13 +17,15 @@ mlflow = pytest.importorskip("mlflow")
 
 from tests.conftest import tiny_config_dict  # noqa: E402
 
+RAY_TRAIN = {"workers": 1, "cpus_per_worker": 1, "runner": "ray_train"}
+
 
 def _write_space(path: Path, **fields) -> Path:
     fixed = tiny_config_dict(epochs=2)
     space = {
         "name": path.stem,
         "fixed": fixed,
-        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
         "max_concurrent": 2,
         "seed": 0,
         "storage_path": str(path.parent / "runs"),
@@ -182,6 +188,7 @@ def test_a_diverging_trial_fails_once_and_the_run_exits_non_zero(search_ray, tmp
         fixed=tiny_config_dict(epochs=2, **{"optim.name": "sgd"}),
         search={"optim.lr": {"type": "choice", "values": [1e12]}},
         max_failures=2,
+        resources=RAY_TRAIN,
     )
     assert main(["run", str(space_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -210,6 +217,7 @@ def test_a_diverged_trial_fails_with_its_reason_the_search_goes_on_and_resume_sk
         scheduler={"type": "none"},
         fixed=tiny_config_dict(epochs=2, **{"optim.name": "sgd"}),
         search={"optim.lr": {"type": "choice", "values": [1e12, 1e-3]}},
+        resources=RAY_TRAIN,
     )
     assert main(["run", str(space_file)]) == 0  # one trial diverged: the other one finished
     assert "NaN or infinite" in capsys.readouterr().out  # the failure line gives its reason
