@@ -92,10 +92,11 @@ def _ranks_side_by_side(
     index_bits: int,
     path: str,
     pool: ThreadPoolExecutor | None,
+    workers: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``chunk_ranks`` of a chunk, its rows split between the pool's threads (positives are
-    sorted by row, so each part is a contiguous slice of them)."""
-    parts = 1 if pool is None else min(pool._max_workers, scores.shape[0])
+    """``chunk_ranks`` of a chunk, its rows split between the pool's ``workers`` threads
+    (positives are sorted by row, so each part is a contiguous slice of them)."""
+    parts = 1 if pool is None else min(workers, scores.shape[0])
     if parts <= 1:
         return chunk_ranks(scores, pq, pg, index_bits, path)
     edges = np.linspace(0, scores.shape[0], parts + 1).astype(np.int64)
@@ -162,7 +163,7 @@ def compute_metrics(
                 scores[eq, eg] = float("-inf")
             pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
             pg = torch.from_numpy(pos_g[pa:pb]).to(device)
-            prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool)
+            prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool, workers)
             num_c = stop - start
             counts = torch.bincount(prow, minlength=num_c)
             ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)

@@ -32,7 +32,7 @@ from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import STATE_FILE, load_checkpoint
 from reidsearch.engine.scoring import EPOCH_SCORE_KEY
 from reidsearch.engine.trainer import CheckpointPayload, TrainContext
-from reidsearch.search.ray_train import _crash_once, checkpoint_dir_name, resume_and_train
+from reidsearch.search.ray_train import checkpoint_dir_name, crash_once, resume_and_train
 from reidsearch.search.tracking import NODE_KEY
 from reidsearch.storage import filesystem, join, list_dirs
 
@@ -149,7 +149,7 @@ def run_in_trial(
         if payload is not None:
             path = folder.save(payload, int(metrics["epoch"]), metrics.get(EPOCH_SCORE_KEY))
         send({**metrics, CHECKPOINT_PATH_KEY: path})
-        _crash_once(fault, int(metrics["epoch"]), 0)
+        crash_once(fault, int(metrics["epoch"]), 0)
 
     resume, path = folder.latest()
     replay = lambda metrics, _: send(metrics)  # noqa: E731 - replayed epochs save nothing

@@ -66,7 +66,7 @@ def load_resume_state() -> tuple[dict[str, Any] | None, str | None]:
         return load_checkpoint(Path(directory) / STATE_FILE), checkpoint.path
 
 
-def _crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+def crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
     """Fault injection for tests and drills: kill this worker process once, after ``epoch``."""
     if not fault or rank != 0 or epoch != fault["after_epoch"]:
         return
@@ -141,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
 
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
         _report(metrics, payload, verbose)
-        _crash_once(fault, int(metrics["epoch"]), ctx.rank)
+        crash_once(fault, int(metrics["epoch"]), ctx.rank)
 
     shipment = loop_config.get("shipment")
     resume, resumed_checkpoint = load_resume_state()
