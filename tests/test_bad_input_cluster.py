@@ -365,7 +365,7 @@ def test_a_truncated_jpeg_stops_training_with_one_line(capsys, tmp_path):
 
 
 # Every kind of bad input the suite tries, and the (marked) test that tries it.
-SPACE = "test_space::test_malformed_space_raises_one_line_naming_file_and_key"
+SPACE = "test_space_errors::test_malformed_space_raises_one_line_naming_file_and_key"
 KINDS = {
     "malformed YAML": SPACE,  # and wrong type, reversed range, condition on an unknown key:
     "wrong type": SPACE,  # parameters of the same test (see its BAD list)
