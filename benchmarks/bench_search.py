@@ -1,15 +1,18 @@
 """Search efficiency: TPE + ASHA against random search without early stopping, same budget.
 
-    .venv/bin/python benchmarks/bench_search.py [--seeds 0 1 2] [--random-trials 6]
-        [--tpe-trials 12] [--epochs 8] [--reduction-factor 2]
+    .venv/bin/python benchmarks/bench_search.py [--seeds 0 1 2] [--random-trials 18]
+        [--tpe-trials 36] [--epochs 8] [--reduction-factor 2] [--grace-period 1]
+        [--at-trials 6 12 18]
 
 Both run the quickstart's search space (synthetic data, tiny ViT, ``runner: trial_process``) on
 an embedded local Ray. The budget is counted in trial-epochs (each epoch any trial trains).
 Random search trains ``--random-trials`` trials to the end; TPE + ASHA gets more trials and
 the same or a smaller budget, because ASHA stops the weak ones at its rungs. For each seed it
-prints the best score (mAP) reached against the budget spent, from MLflow's per-epoch record,
-and the share of random search's budget TPE + ASHA needed to reach random search's final best
-(the issue's target: at most a third).
+prints the best score (mAP) reached against the budget spent, from MLflow's per-epoch record.
+Both curves are anytime curves, so one pair of runs answers for several budgets: at each budget
+B (random search's first ``--at-trials`` trials' worth of trial-epochs, and its whole run) it
+prints the share of B that TPE + ASHA needed to reach random search's best after B (the
+issue's target: at most a third).
 """
 
 from __future__ import annotations
@@ -42,14 +45,27 @@ def budget_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return next((spent for spent, best in curve if best >= target), None)
 
 
+def share_to_match(random_curve: list, tpe_curve: list, budget: int) -> float:
+    """The share of ``budget`` TPE + ASHA needed to reach random search's best after ``budget``
+    trial-epochs (inf: it never did)."""
+    reached = budget_to_reach(tpe_curve, random_curve[budget - 1][1])
+    return reached / budget if reached is not None else float("inf")
+
+
 def run(
-    method: str, seed: int, trials: int, epochs: int, concurrent: int, reduction: int = 2
+    method: str,
+    seed: int,
+    trials: int,
+    epochs: int,
+    concurrent: int,
+    reduction: int = 2,
+    grace: int = 1,
 ) -> list:
     from reidsearch.search.driver import run_search
     from reidsearch.search.space import load_search_space
 
     scheduler = (
-        {"type": "asha", "grace_period": 1, "reduction_factor": reduction}
+        {"type": "asha", "grace_period": grace, "reduction_factor": reduction}
         if method == "tpe_asha"
         else {"type": "none"}
     )
@@ -74,37 +90,54 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--random-trials", type=int, default=6)
-    ap.add_argument("--tpe-trials", type=int, default=12)
+    ap.add_argument("--random-trials", type=int, default=18)
+    ap.add_argument("--tpe-trials", type=int, default=36)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--concurrent", type=int, default=2)
-    ap.add_argument("--reduction-factor", type=int, default=2, help="ASHA's (grace period 1)")
+    ap.add_argument("--reduction-factor", type=int, default=2, help="ASHA's")
+    ap.add_argument("--grace-period", type=int, default=1, help="ASHA's, in epochs")
+    ap.add_argument(
+        "--at-trials",
+        type=int,
+        nargs="+",
+        default=[6, 12, 18],
+        help="also compare at random search's budget after this many trials",
+    )
     args = ap.parse_args()
-    shares = []
+    budgets = sorted(
+        {k * args.epochs for k in args.at_trials if k < args.random_trials}
+        | {args.random_trials * args.epochs}
+    )
+    shares: dict[int, list[float]] = {budget: [] for budget in budgets}
     for seed in args.seeds:
         random_curve = run("random", seed, args.random_trials, args.epochs, args.concurrent)
         tpe_curve = run(
-            "tpe_asha", seed, args.tpe_trials, args.epochs, args.concurrent, args.reduction_factor
+            "tpe_asha",
+            *(seed, args.tpe_trials, args.epochs, args.concurrent),
+            reduction=args.reduction_factor,
+            grace=args.grace_period,
         )
-        budget, target = random_curve[-1]
-        reached = budget_to_reach(tpe_curve, target)
-        print(
-            f"seed {seed}: random best mAP {100 * target:.1f} after {budget} trial-epochs; "
-            f"TPE+ASHA best {100 * tpe_curve[-1][1]:.1f} after {tpe_curve[-1][0]}, "
-            + (
-                f"reached random's best after {reached} ({reached / budget:.0%} of its budget)"
-                if reached is not None
-                else "did not reach random's best"
+        for budget in budgets:
+            share = share_to_match(random_curve, tpe_curve, budget)
+            shares[budget].append(share)
+            print(
+                f"seed {seed}: random best mAP {100 * random_curve[budget - 1][1]:.1f} after "
+                f"{budget} trial-epochs; TPE+ASHA "
+                + (
+                    f"reached it after {round(share * budget)} ({share:.0%} of that budget)"
+                    if share != float("inf")
+                    else "never reached it"
+                )
             )
-        )
+        print(f"seed {seed}: TPE+ASHA best {100 * tpe_curve[-1][1]:.1f} after {tpe_curve[-1][0]}")
         for label, curve in (("random", random_curve), ("tpe_asha", tpe_curve)):
             steps = " ".join(f"{spent}:{100 * best:.1f}" for spent, best in curve)
             print(f"  {label} best mAP by budget: {steps}")
-        shares.append(reached / budget if reached is not None else float("inf"))
-    print(
-        f"median share of random search's budget TPE+ASHA needed to match it: "
-        f"{statistics.median(shares):.0%} over {len(shares)} seed(s)"
-    )
+    for budget, values in shares.items():
+        print(
+            f"median share of random search's budget TPE+ASHA needed to match it at {budget} "
+            f"trial-epochs: {statistics.median(values):.0%} over {len(values)} seed(s)"
+        )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,16 @@ def test_best_by_budget_counts_every_trial_epoch_in_time_order() -> None:
     assert budget_to_reach(curve, 0.3) == 2 and budget_to_reach(curve, 0.9) is None
 
 
+def test_share_to_match_reads_random_searchs_best_at_each_budget() -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_search import share_to_match
+
+    random_curve = [(1, 0.1), (2, 0.4), (3, 0.4), (4, 0.6)]
+    tpe_curve = [(1, 0.4), (2, 0.5), (3, 0.5), (4, 0.5)]
+    assert share_to_match(random_curve, tpe_curve, 2) == 0.5  # 0.4 reached after 1 of 2
+    assert share_to_match(random_curve, tpe_curve, 4) == float("inf")  # 0.6: never
+
+
 def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
     from optuna.samplers import RandomSampler
 
