@@ -11,6 +11,7 @@ import logging
 import os
 import posixpath
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,17 @@ def load_resume_state() -> tuple[dict[str, Any] | None, str | None]:
 
 
 def crash_once(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
-    """Fault injection for tests and drills: kill this worker process once, after ``epoch``."""
+    """Fault injection for tests and drills: kill this worker process once, after ``epoch``.
+
+    ``delay_s`` waits before the kill: Ray Train's controller collects a worker's reports (and
+    registers their checkpoints) only on its health check, every 2 s, so a drill that must
+    resume from the last checkpoint gives it time to be collected."""
     if not fault or rank != 0 or epoch != fault["after_epoch"]:
         return
     marker = Path(fault["marker"])
     if not marker.exists():
         marker.write_text(f"killed after epoch {epoch}")
+        time.sleep(float(fault.get("delay_s", 0.0)))
         os._exit(1)
 
 
