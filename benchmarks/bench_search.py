@@ -113,7 +113,10 @@ def main() -> None:
         random_curve = run("random", seed, args.random_trials, args.epochs, args.concurrent)
         tpe_curve = run(
             "tpe_asha",
-            *(seed, args.tpe_trials, args.epochs, args.concurrent),
+            seed,
+            args.tpe_trials,
+            args.epochs,
+            args.concurrent,
             reduction=args.reduction_factor,
             grace=args.grace_period,
         )
