@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=180.0, help="seconds to wait at most")
     args = parser.parse_args()
 
-    from reidsearch.search.preflight import check_remote_storage, check_tracking_uri
+    from reidsearch.search.driver.preflight import check_remote_storage, check_tracking_uri
     from reidsearch.storage import check_writable
 
     tracking = f"http://127.0.0.1:{closed_port()}"

@@ -61,7 +61,7 @@ def run(
     reduction: int = 2,
     grace: int = 1,
 ) -> list:
-    from reidsearch.search.driver import run_search
+    from reidsearch.search.driver.search import run_search
     from reidsearch.search.space import load_search_space
 
     scheduler = (

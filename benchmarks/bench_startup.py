@@ -71,7 +71,7 @@ def measure(
     trials: int, epochs: int, concurrent: int, runner: str
 ) -> tuple[list[tuple[float, float]], float]:
     """(startup_s, time_total_s) per trial, and the search's wall time (Ray start included)."""
-    from reidsearch.search.driver import run_search
+    from reidsearch.search.driver.search import run_search
     from reidsearch.search.space import load_search_space
 
     with tempfile.TemporaryDirectory() as tmp:

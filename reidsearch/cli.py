@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         best = train_locally(cfg, output, name=args.name or Path(args.config).stem)
     else:
-        from reidsearch.search.single import train_on_ray
+        from reidsearch.search.driver.single_trial import train_on_ray
 
         best = train_on_ray(
             cfg, output, name=args.name or Path(args.config).stem, address=args.address
@@ -129,8 +129,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
-    from reidsearch.search.tracking_uri import default_tracking_uri
+    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.results.store import default_tracking_uri
 
     board = fetch_leaderboard(
         args.tracking_uri or default_tracking_uri(),
@@ -144,10 +144,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from reidsearch.search.tracking_uri import default_tracking_uri
+    from reidsearch.search.results.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
-    from reidsearch.search.mlflow_view import search_view
+    from reidsearch.search.results.ui_view import search_view
 
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     try:  # the newest search (or --search), as a leaderboard in the runs table

@@ -9,7 +9,10 @@ from typing import Any
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
-    from reidsearch.search.cluster_file import check_space, load_cluster_file, worker_demand
+    from reidsearch.search.cluster.cluster_file import (
+        check_space_against_cluster_file,
+        load_cluster_file,
+    )
 
     cluster = load_cluster_file(args.cluster)
     print(f"{args.cluster}: a valid Ray cluster file (provider {cluster.provider})")
@@ -26,8 +29,8 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
         space = load_search_space(args.space)
         if args.storage is not None:
             space = dataclasses.replace(space, storage_path=args.storage)
-        fits = check_space(cluster, space)
-        shape = ", ".join(f"{v:g} {k}" for k, v in worker_demand(space.resources).items())
+        fits = check_space_against_cluster_file(cluster, space)
+        shape = ", ".join(f"{v:g} {k}" for k, v in space.resources.worker_resources().items())
         print(
             f"{args.space}: fits; a trial is {space.resources.workers} worker(s) of {shape}; "
             f"{fits} trials fit at once (max_concurrent {space.max_concurrent})"
@@ -37,7 +40,7 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
 
 def check_run_cluster(space: Any, args: argparse.Namespace) -> None:
     """``run --cluster FILE``: the named file, and whether a trial fits it, before Ray starts."""
-    from reidsearch.search.preflight import check_cluster_file
+    from reidsearch.search.driver.preflight import check_cluster_file
 
     check_cluster_file(space, args.cluster, address=args.address)
 

@@ -21,8 +21,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ReidSearchError("--search/--experiment/--tracking-uri go with --best")
     source = None
     if args.best:
-        from reidsearch.search.best_model import best_trial, fetch_checkpoint_file
-        from reidsearch.search.tracking_uri import default_tracking_uri
+        from reidsearch.search.results.best_trial import best_trial, fetch_checkpoint_file
+        from reidsearch.search.results.store import default_tracking_uri
 
         best = best_trial(args.tracking_uri or default_tracking_uri(), args.experiment, args.search)
         print(

@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cluster is not None:  # before Ray starts (the driver checks it once Ray is up)
         check_run_cluster(space, args)
     if args.dry_run:
-        from reidsearch.search.plan import plan_search
+        from reidsearch.search.driver.plan import plan_search
 
         plan = plan_search(
             space, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume
@@ -47,8 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(space.describe())
         print(plan.describe())
         return 0
-    from reidsearch.search.driver import run_search
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.driver.search import run_search
+    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
 
     plan, results = run_search(
         space,
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         verbose=1 if args.verbose else 0,
         progress=not args.verbose,
     )
-    from reidsearch.search.trial_outcome import ended
+    from reidsearch.search.rules import ended
     from reidsearch.storage import basename
 
     done = sum(ended(r.error is not None, r.metrics) for r in results)
@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan.tracking_uri, plan.experiment, search=basename(plan.experiment_dir), top=args.top
     )
     print(format_leaderboard(board))
-    from reidsearch.search.mlflow_view import DEFAULT_UI, search_view, ui_base
+    from reidsearch.search.results.ui_view import DEFAULT_UI, search_view, ui_base
 
     view = search_view(plan.tracking_uri, plan.experiment, basename(plan.experiment_dir))
     if ui_base(plan.tracking_uri) == DEFAULT_UI:  # a local store: its UI is `reidsearch ui`
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"the trials in MLflow, best first: {mask_secrets(view.url(ui_base(plan.tracking_uri)))}")
     if results.num_errors == len(results):
         from reidsearch.errors import first_line
-        from reidsearch.search.ray_train import user_error_behind
+        from reidsearch.search.trial.failures import user_error_behind
 
         error = results.errors[0] if results.errors else RuntimeError("unknown")
         cause = user_error_behind(error)

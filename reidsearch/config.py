@@ -206,7 +206,9 @@ class EvalConfig(_Strict):
     baseline: bool = Field(False, description="also score the untrained model (untrained_mAP)")
 
 
-class ScalingConfig(_Strict):
+class ResourcesConfig(_Strict):
+    """A trial's resources (the space file's ``resources:``; a trial config's ``scaling:``)."""
+
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -218,10 +220,17 @@ class ScalingConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_worker_in_process(self) -> ScalingConfig:
+    def _one_worker_in_process(self) -> ResourcesConfig:
         if self.runner == "trial_process" and self.workers != 1:
             raise ValueError("runner: trial_process trains one worker; use ray_train for DDP")
         return self
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker asks Ray for, in Ray's resource-dict shape (no GPU key without GPUs)."""
+        demand = {"CPU": float(self.cpus_per_worker)}
+        if self.gpus_per_worker > 0:
+            demand["GPU"] = float(self.gpus_per_worker)
+        return demand
 
 
 class DDPConfig(_Strict):
@@ -276,7 +285,7 @@ class TrialConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     sampler: SamplerConfig = SamplerConfig()
     eval: EvalConfig = EvalConfig()
-    scaling: ScalingConfig = ScalingConfig()
+    scaling: ResourcesConfig = ResourcesConfig()
     ddp: DDPConfig = DDPConfig()
     epochs: int = Field(30, ge=1)
     seed: int = 0

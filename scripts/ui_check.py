@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1800x600", help="window size, WIDTHxHEIGHT")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for render")
     args = parser.parse_args(argv)
-    from reidsearch.search.mlflow_view import search_view
+    from reidsearch.search.results.ui_view import search_view
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

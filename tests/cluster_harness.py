@@ -32,7 +32,7 @@ from ray.autoscaler import tags as T
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 from ray.cluster_utils import AutoscalingCluster
 
-from reidsearch.search.cluster import TRIAL_DRIVER_RESOURCE
+from reidsearch.search.cluster.capacity import TRIAL_DRIVER_RESOURCE
 
 BIN = Path(sys.executable).parent
 OBJECT_STORE_BYTES = 200 * 1024**2

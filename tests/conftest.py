@@ -119,7 +119,7 @@ def search_ray():
     """A private local Ray for a module's searches: 3 logical CPUs (2 trials and their drivers)."""
     import ray
 
-    from reidsearch.search.cluster import init_ray
+    from reidsearch.search.cluster.ray_session import init_ray
 
     init_ray("local", num_cpus=3)
     yield

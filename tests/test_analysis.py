@@ -13,8 +13,8 @@ pytest.importorskip("optuna")
 
 from PIL import Image  # noqa: E402
 
-from reidsearch.search.analysis import build_study, log_search_analysis  # noqa: E402
-from reidsearch.search.params import Condition, ParamSpec  # noqa: E402
+from reidsearch.search.results.analysis import build_study, log_search_analysis  # noqa: E402
+from reidsearch.search.space.params import Condition, ParamSpec  # noqa: E402
 
 PARAMS = [
     ParamSpec("model.head", "choice", values=("latf", "latfpp")),

@@ -11,7 +11,7 @@ pytest.importorskip("ray")
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
 
-from reidsearch.search.schedulers import ResumableASHA  # noqa: E402
+from reidsearch.search.driver.schedulers import ResumableASHA  # noqa: E402
 
 SETTINGS = {"time_attr": "epoch", "max_t": 4, "grace_period": 1, "reduction_factor": 2}
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from reidsearch.cli import main
-from reidsearch.search import preflight
+from reidsearch.search.driver import preflight
 from reidsearch.search.space import load_search_space
 from tests.cluster_harness import free_port, mlflow_uri_fixture, s3_fixture  # noqa: F401
 from tests.conftest import tiny_config_dict
@@ -38,7 +38,7 @@ bad_input = pytest.mark.fault("bad_input")
 @pytest.fixture(scope="module", autouse=True)
 def _warm_imports() -> None:
     """Import the search driver (Ray Tune, torch) once, so the timings below time the checks."""
-    importlib.import_module("reidsearch.search.driver")
+    importlib.import_module("reidsearch.search.driver.search")
 
 
 @pytest.fixture(autouse=True)

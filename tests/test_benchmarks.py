@@ -98,7 +98,7 @@ def test_share_to_match_reads_random_searchs_best_at_each_budget() -> None:
 def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
     from optuna.samplers import RandomSampler
 
-    from reidsearch.search.driver import _searcher
+    from reidsearch.search.driver.searcher import build_searcher
     from reidsearch.search.space import load_search_space
     from tests.test_search_e2e import _write_space
 
@@ -110,5 +110,5 @@ def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
             search={"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
         )
     )
-    limiter = _searcher(space, max_concurrent=1)
+    limiter = build_searcher(space, max_concurrent=1)
     assert isinstance(limiter.searcher._sampler, RandomSampler)

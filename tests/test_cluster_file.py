@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from reidsearch.cli import main
-from reidsearch.config import ScalingConfig
+from reidsearch.config import ResourcesConfig
 from reidsearch.errors import ConfigError
-from reidsearch.search.cluster import TRIAL_DRIVER_RESOURCE
-from reidsearch.search.cluster_file import (
+from reidsearch.search.cluster.capacity import TRIAL_DRIVER_RESOURCE
+from reidsearch.search.cluster.cluster_file import (
     ClusterFile,
     NodeType,
     how_many_trials_fit,
@@ -209,7 +209,9 @@ def test_local_provider_reads_ray_start_resources(tmp_path):
     assert cluster.multi_node and cluster.max_workers == 2
     assert cluster.head.resources == {"CPU": 0, "GPU": 0, TRIAL_DRIVER_RESOURCE: 1000}
     assert (
-        how_many_trials_fit(cluster, ScalingConfig(workers=1, gpus_per_worker=1, cpus_per_worker=8))
+        how_many_trials_fit(
+            cluster, ResourcesConfig(workers=1, gpus_per_worker=1, cpus_per_worker=8)
+        )
         == 4
     )
     data["worker_start_ray_commands"] = ["ray start --address=$RAY_HEAD_IP:6379"]
@@ -226,7 +228,7 @@ def _toy(max_workers: int, **types: tuple[dict, int]) -> ClusterFile:
 
 
 def _fit(cluster: ClusterFile, workers=1, gpus=1.0, cpus=8.0) -> int:
-    scaling = ScalingConfig(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    scaling = ResourcesConfig(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
     return how_many_trials_fit(cluster, scaling)
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from reidsearch.search.cluster import TRIAL_DRIVER_RESOURCE
+from reidsearch.search.cluster.capacity import TRIAL_DRIVER_RESOURCE
 from tests.cluster_harness import autoscaling_cluster, mlflow_uri_fixture, s3_fixture  # noqa: F401
 
 pytestmark = pytest.mark.cluster

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from reidsearch.errors import ReidSearchError
-from reidsearch.search.cluster import (
-    TRIAL_DRIVER_CPUS,
-    TRIAL_DRIVER_RESOURCE,
+from reidsearch.search.cluster.capacity import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
+from reidsearch.search.cluster.cluster_file import load_cluster_file
+from reidsearch.search.cluster.ray_session import (
     RayCluster,
     check_shared_storage,
     size_concurrency,
 )
-from reidsearch.search.cluster_file import load_cluster_file
 from reidsearch.search.space import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +27,8 @@ def _autoscaling_aws_cluster(alive_nodes: int = 1) -> RayCluster:
     layout = load_cluster_file(ROOT / "cluster.yaml")
     return RayCluster(
         joined=True,
-        now=HEAD_ONLY,
-        most=layout.max_resources(),
+        current=HEAD_ONLY,
+        maximum=layout.max_resources(),
         alive_nodes=alive_nodes,
         max_nodes=1 + sum(layout.node_counts().values()),
         layout=layout,
@@ -63,7 +62,7 @@ def test_a_trial_no_node_type_can_run_is_refused_in_one_line(tmp_path):
 def test_an_embedded_local_ray_is_sized_by_what_it_has(capsys):
     space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")  # 1 CPU a trial
     local = RayCluster(
-        joined=False, now={"CPU": 2.0}, most={"CPU": 2.0}, alive_nodes=1, max_nodes=0
+        joined=False, current={"CPU": 2.0}, maximum={"CPU": 2.0}, alive_nodes=1, max_nodes=0
     )
     # runner: trial_process: the trial trains in its own process, nothing runs beside it.
     assert local.trial_resources(space.fixed_config.scaling) == {"CPU": 1.0}
@@ -84,7 +83,7 @@ def test_local_storage_is_refused_only_where_nodes_do_not_share_a_disk():
     check_shared_storage(space, cluster, "s3://bucket/runs")
     check_shared_storage(space, cluster, "file:///mnt/shared/runs")  # mounted on every node
     one_machine = RayCluster(
-        joined=True, now={"CPU": 8.0}, most={"CPU": 8.0}, alive_nodes=1, max_nodes=0
+        joined=True, current={"CPU": 8.0}, maximum={"CPU": 8.0}, alive_nodes=1, max_nodes=0
     )
     check_shared_storage(space, one_machine, "/data/runs")
 
@@ -92,7 +91,7 @@ def test_local_storage_is_refused_only_where_nodes_do_not_share_a_disk():
 def test_the_cluster_file_of_a_ray_up_head_is_found_and_a_broken_one_only_named(
     tmp_path, monkeypatch, capsys
 ):
-    from reidsearch.search.cluster import _layout, cluster_file_path
+    from reidsearch.search.cluster.ray_session import _layout, cluster_file_path
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("REIDSEARCH_CLUSTER_FILE", raising=False)

@@ -169,9 +169,14 @@ def test_export_best_takes_the_best_trial_of_the_search_from_mlflow(trained, tmp
     from mlflow.tracking import MlflowClient
 
     from reidsearch.config import ObjectiveConfig
-    from reidsearch.search.best_model import CHECKPOINT_TAG, checkpoint_location
-    from reidsearch.search.leaderboard import EXPERIMENT_DIR_TAG
-    from reidsearch.search.tracking import KIND_TAG, OBJECTIVE_TAG, PARENT_TAG
+    from reidsearch.search.keys import (
+        CHECKPOINT_TAG,
+        EXPERIMENT_DIR_TAG,
+        KIND_TAG,
+        OBJECTIVE_TAG,
+        PARENT_TAG,
+    )
+    from reidsearch.search.results.best_trial import checkpoint_location
 
     # Ray reports S3 checkpoints without their scheme; the tag must find them from anywhere.
     assert checkpoint_location("s3://b/runs", "b/runs/t/ck_1") == "s3://b/runs/t/ck_1"

@@ -197,7 +197,7 @@ def test_killed_then_interrupted_search_resumes_without_losing_or_repeating(tmp_
     for trial_id in asha["stopped"]:
         assert by_trial[trial_id].data.tags["stopped_early"] == "True"
     # Optuna was told every trial once: complete with MLflow's score, or pruned.
-    from reidsearch.search.driver import PruneAwareOptunaSearch
+    from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     searcher = PruneAwareOptunaSearch(max_epochs=4)
     searcher.restore_from_dir(str(experiment_dir))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from reidsearch.config import ObjectiveConfig
-from reidsearch.search.leaderboard import Leaderboard, format_leaderboard, mark_indistinguishable
+from reidsearch.search.results.leaderboard import (
+    Leaderboard,
+    format_leaderboard,
+    mark_indistinguishable,
+)
 
 
 def _row(name: str, score: float, low: float, high: float) -> dict:

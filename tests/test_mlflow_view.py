@@ -10,17 +10,14 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from reidsearch.config import ObjectiveConfig  # noqa: E402
-from reidsearch.search.mlflow_experiment import (  # noqa: E402
+from reidsearch.search.keys import (  # noqa: E402
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
-    get_or_create_experiment,
-)
-from reidsearch.search.mlflow_view import (  # noqa: E402
     VIEW_TAG_PREFIX,
-    readable_run_name,
-    search_view,
-    short_value,
 )
+from reidsearch.search.results.run_names import readable_run_name, short_value  # noqa: E402
+from reidsearch.search.results.store import get_or_create_experiment  # noqa: E402
+from reidsearch.search.results.ui_view import search_view  # noqa: E402
 
 
 def _store(tmp_path) -> tuple[str, object]:

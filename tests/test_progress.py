@@ -16,12 +16,12 @@ import yaml
 
 pytest.importorskip("ray")
 
-from reidsearch.search.progress import (  # noqa: E402
+from reidsearch.search.driver.progress import (  # noqa: E402
     SearchProgress,
     format_duration,
     short_names,
 )
-from reidsearch.search.trial_outcome import failure_reason  # noqa: E402
+from reidsearch.search.driver.trial_states import failure_reason  # noqa: E402
 from tests.conftest import tiny_config_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ class Wrapper(Exception):
 
 
 def test_failure_reason_finds_the_divergence_behind_rays_wrappers(tmp_path):
-    from reidsearch.search.ray_train import TrainingDiverged
+    from reidsearch.engine.trainer import TrainingDiverged
 
     trial = _trial("t")
     trial.pickled_error_file = str(tmp_path / "error.pkl")
@@ -222,7 +222,7 @@ def test_the_reporter_survives_tunes_pickling_of_its_callbacks():
 def test_quiet_search_output_drops_only_the_raylet_startup_note(monkeypatch):
     import ray._private.worker as ray_worker
 
-    from reidsearch.search.progress import quiet_search_output
+    from reidsearch.search.driver.progress import quiet_search_output
 
     printed = []
     monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda d, p: printed.append(d))

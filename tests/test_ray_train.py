@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from reidsearch.search.cluster import init_ray
+    from reidsearch.search.cluster.ray_session import init_ray
 
     capacity = init_ray("local", num_cpus=2).capacity
     yield capacity
@@ -31,8 +31,8 @@ def _untrained_map(cfg) -> float:
 
 def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     from reidsearch.config import TrialConfig
-    from reidsearch.engine.checkpoint import STATE_FILE
-    from reidsearch.search.ray_train import build_torch_trainer
+    from reidsearch.engine.checkpoint import CHECKPOINT_FILE
+    from reidsearch.search.trial.torch_trainer import build_torch_trainer
     from tests.conftest import learnable_config_dict
 
     cfg = TrialConfig.model_validate(
@@ -50,14 +50,14 @@ def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["epoch_score"])
     assert metrics["epoch"] == result.metrics["score_epoch"]  # the kept one is the score's
     with checkpoint.as_directory() as directory:
-        state = torch.load(f"{directory}/{STATE_FILE}", weights_only=True)
+        state = torch.load(f"{directory}/{CHECKPOINT_FILE}", weights_only=True)
     assert state["epoch"] == metrics["epoch"]
     assert state["metrics"]["mAP"] == pytest.approx(metrics["mAP"])
 
 
 @pytest.mark.fault("fault")
 def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp_path):
-    from reidsearch.search.ray_train import build_torch_trainer
+    from reidsearch.search.trial.torch_trainer import build_torch_trainer
 
     cfg = tiny_config(epochs=3)
     marker = tmp_path / "crashed"
@@ -81,7 +81,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(local_ray, tiny_config, tmp
 
 def test_a_user_error_inside_a_worker_reaches_the_cli_as_one_line(local_ray, tiny_config, tmp_path):
     from reidsearch.errors import ReidSearchError
-    from reidsearch.search.single import train_on_ray
+    from reidsearch.search.driver.single_trial import train_on_ray
 
     cfg = tiny_config(epochs=1, **{"sampler.p": 64})  # the synthetic train split has 32 ids
     with pytest.raises(ReidSearchError, match="sampler.p") as info:
@@ -92,7 +92,7 @@ def test_a_user_error_inside_a_worker_reaches_the_cli_as_one_line(local_ray, tin
 def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tmp_path):
     from reidsearch.engine.checkpoint import load_checkpoint
     from reidsearch.engine.run_local import evaluate_checkpoint
-    from reidsearch.search.single import train_on_ray
+    from reidsearch.search.driver.single_trial import train_on_ray
 
     best = train_on_ray(tiny_config(epochs=2), tmp_path, name="ok")
     payload = load_checkpoint(best["path"])
@@ -108,8 +108,9 @@ def test_train_on_ray_exports_the_best_model_for_eval(local_ray, tiny_config, tm
 def test_a_diverged_run_stops_cleanly_and_is_not_retried(local_ray, tiny_config, tmp_path):
     from reidsearch.engine.trainer import TrainingDiverged
     from reidsearch.errors import ReidSearchError
-    from reidsearch.search.ray_train import build_torch_trainer, raise_if_diverged
-    from reidsearch.search.single import train_on_ray
+    from reidsearch.search.driver.single_trial import train_on_ray
+    from reidsearch.search.trial.failures import raise_if_diverged
+    from reidsearch.search.trial.torch_trainer import build_torch_trainer
 
     cfg = tiny_config(epochs=3, **{"optim.name": "sgd", "optim.lr": 1e12})  # NaN in epoch 1
     result = build_torch_trainer(cfg, name="nan", storage_path=tmp_path, max_failures=2).fit()
@@ -132,7 +133,8 @@ def test_inputs_are_prepared_once_and_shipped_through_the_object_store(
 
     from reidsearch.engine.data import prepare_data
     from reidsearch.modeling.backbone import build_backbone
-    from reidsearch.search.shipping import received_data, received_weights, ship_inputs
+    from reidsearch.search.driver.shipping import ship_inputs
+    from reidsearch.search.trial.shipment import received_data, received_weights
 
     source = build_backbone("vit_tiny_patch16_224", (64, 32), depth=2, embed_dim=64, num_heads=2)
     weights = tmp_path / "start.safetensors"

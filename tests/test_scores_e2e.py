@@ -37,7 +37,7 @@ def _space(folder: Path, **fields) -> Path:
 
 def _optuna_values(experiment_dir: str) -> dict[str, float]:
     """Each Tune trial's value as Optuna recorded it (the searcher state Tune saved)."""
-    from reidsearch.search.driver import PruneAwareOptunaSearch
+    from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     searcher = PruneAwareOptunaSearch(max_epochs=1)
     searcher.restore_from_dir(experiment_dir)
@@ -46,7 +46,7 @@ def _optuna_values(experiment_dir: str) -> dict[str, float]:
 
 
 def _mlflow_trials(uri: str, search_folder: str) -> dict[str, object]:
-    from reidsearch.search.leaderboard import fetch_leaderboard
+    from reidsearch.search.results.leaderboard import fetch_leaderboard
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     board = fetch_leaderboard(uri, "scores", search=search_folder, top=100)
@@ -79,8 +79,8 @@ def _check_one_score(plan, reduce: str, metric: str) -> object:
 
 
 def test_one_score_everywhere_and_a_leaderboard_per_search(search_ray, tmp_path):
-    from reidsearch.search.driver import run_search
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.driver.search import run_search
+    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
     from reidsearch.search.space import load_search_space
 
     # Search 1: rank-1, best epoch, three seeds per configuration.

@@ -46,7 +46,7 @@ def _trial_runs(uri: str, experiment: str):
 
 
 def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path):
-    from reidsearch.search.driver import run_search
+    from reidsearch.search.driver.search import run_search
     from reidsearch.search.space import load_search_space
 
     space_file = _write_space(
@@ -87,16 +87,17 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path
         config_artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "config")}
         assert "config/resolved_config.json" in config_artifacts
         assert child.info.status == "FINISHED"
-    summary_file = mlflow.artifacts.download_artifacts(
+    table_file = mlflow.artifacts.download_artifacts(  # the parent run's table of trials
         run_id=parent.info.run_id,
-        artifact_path="summary/trials.json",
+        artifact_path="leaderboard.json",
         dst_path=str(tmp_path),
         tracking_uri=plan.tracking_uri,
     )
-    summary = json.loads(Path(summary_file).read_text())
+    table = json.loads(Path(table_file).read_text())
+    summary = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert len(summary) == 3 and summary[0]["score"] == max(row["score"] for row in summary)
 
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
 
     for child in children:  # the untrained model was scored once, before training
         assert 0 < child.data.metrics["untrained_mAP"] < 1
@@ -116,7 +117,7 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path
 
 
 def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
-    from reidsearch.search.driver import run_search
+    from reidsearch.search.driver.search import run_search
     from reidsearch.search.space import load_search_space
 
     # Grid order puts the two learning configurations first; the two that cannot learn
@@ -136,7 +137,7 @@ def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
     assert min(epochs[1e-9], epochs[1e-10]) < 4, epochs
     _, _, children = _trial_runs(plan.tracking_uri, "asha")
     assert any(c.data.tags.get("stopped_early") == "True" for c in children)
-    from reidsearch.search.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
 
     board = fetch_leaderboard(plan.tracking_uri, "asha", top=10)
     assert len(board.rows) == 4 and "stopped" in format_leaderboard(board)
@@ -147,7 +148,7 @@ def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
 def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     import optuna
 
-    from reidsearch.search.driver import PruneAwareOptunaSearch
+    from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     def space(trial):
         trial.suggest_float("x", 0, 1)

@@ -12,7 +12,7 @@ pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from reidsearch.config import ObjectiveConfig  # noqa: E402
-from reidsearch.search.tracking import MLflowSearchTracker  # noqa: E402
+from reidsearch.search.driver.tracker import MLflowSearchTracker  # noqa: E402
 from tests.conftest import tiny_config_dict  # noqa: E402
 
 

@@ -21,7 +21,8 @@ from tests.test_search_e2e import _trial_runs, _write_space  # noqa: E402
 @pytest.mark.fault("fault")
 def test_trials_train_in_process_and_a_killed_one_resumes(search_ray, tmp_path, monkeypatch):
     from reidsearch.cli import main
-    from reidsearch.search.in_trial import COMPLETE, CRASH_ENV
+    from reidsearch.search.keys import COMPLETE_MARKER as COMPLETE
+    from reidsearch.search.keys import CRASH_ENV
 
     marker = tmp_path / "killed"
     monkeypatch.setenv(CRASH_ENV, json.dumps({"after_epoch": 2, "marker": str(marker)}))
@@ -56,7 +57,8 @@ def test_trials_train_in_process_and_a_killed_one_resumes(search_ray, tmp_path, 
 
 
 def test_the_checkpoint_folder_keeps_the_scored_and_the_latest(tmp_path, tiny_config) -> None:
-    from reidsearch.search.in_trial import COMPLETE, CheckpointFolder
+    from reidsearch.search.keys import COMPLETE_MARKER as COMPLETE
+    from reidsearch.search.trial.trial_process import CheckpointFolder
 
     class Payload:  # what CheckpointPayload writes, without a model
         def __init__(self, epoch: int) -> None:
@@ -82,7 +84,7 @@ def test_the_checkpoint_folder_keeps_the_scored_and_the_latest(tmp_path, tiny_co
 def test_trial_process_is_one_worker() -> None:
     from pydantic import ValidationError
 
-    from reidsearch.config import ScalingConfig
+    from reidsearch.config import ResourcesConfig
 
     with pytest.raises(ValidationError, match="trial_process trains one worker"):
-        ScalingConfig(workers=2, runner="trial_process")
+        ResourcesConfig(workers=2, runner="trial_process")

@@ -14,7 +14,7 @@ import torch
 from reidsearch.config import TrialConfig
 from reidsearch.errors import ReidSearchError, first_line
 
-STATE_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
 
 
@@ -30,7 +30,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file (or a directory holding one) with ``weights_only=True``."""
     path = Path(path)
     if path.is_dir():
-        for name in (MODEL_FILE, STATE_FILE):
+        for name in (MODEL_FILE, CHECKPOINT_FILE):
             if (path / name).is_file():
                 path = path / name
                 break

@@ -12,8 +12,8 @@ import torch
 
 from reidsearch.config import EvalConfig, TrialConfig, with_overrides
 from reidsearch.engine.checkpoint import (
+    CHECKPOINT_FILE,
     MODEL_FILE,
-    STATE_FILE,
     load_checkpoint,
     model_payload,
     save_atomic,
@@ -46,7 +46,8 @@ def train_locally(cfg: TrialConfig, output: Path, name: str) -> dict[str, Any]:
     """Train in this process; keeps the latest state (resumable) and the best model."""
     run_dir = output / name
     last_dir, best_dir = run_dir / "last", run_dir / "best"
-    resume = load_checkpoint(last_dir / STATE_FILE) if (last_dir / STATE_FILE).is_file() else None
+    last = last_dir / CHECKPOINT_FILE
+    resume = load_checkpoint(last) if last.is_file() else None
     if resume is not None:
         previous = TrialConfig.model_validate(resume["config"])
         for section in ("data", "model", "loss", "sampler", "repeats", "objective"):

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from reidsearch.config import TrialConfig
 from reidsearch.data.augment import BatchAugment
-from reidsearch.engine.checkpoint import STATE_FILE, save_atomic
+from reidsearch.engine.checkpoint import CHECKPOINT_FILE, save_atomic
 from reidsearch.engine.data import PreparedData, prepare_data
 from reidsearch.engine.evaluate import (
     SCALAR_METRICS,
@@ -67,7 +67,7 @@ class CheckpointPayload:
     data: PreparedData
 
     def write(self, directory: Path) -> None:
-        save_atomic(self.state, Path(directory) / STATE_FILE)
+        save_atomic(self.state, Path(directory) / CHECKPOINT_FILE)
         if self.eval_output is not None:
             write_eval_pictures(self.eval_output, self.data, Path(directory))
 

@@ -1,0 +1,125 @@
+"""Where a search writes and how many trials run at once, decided without starting Ray."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from reidsearch.errors import ReidSearchError, first_line
+from reidsearch.redact import mask_secrets
+from reidsearch.search.cluster.capacity import (
+    TRIAL_DRIVER_CPUS,
+    Capacity,
+    check_one_trial_fits,
+    max_concurrent_trials,
+)
+from reidsearch.search.cluster.ray_session import running_ray_address
+from reidsearch.search.results.store import default_tracking_uri
+from reidsearch.search.space import SearchSpace
+from reidsearch.storage import exists, join, list_dirs
+
+
+@dataclass
+class SearchPlan:
+    """What ``run`` will do, computed without starting Ray (``--dry-run`` prints it)."""
+
+    experiment_dir: str  # a local folder or an s3:// / gs:// URI
+    tracking_uri: str
+    experiment: str
+    max_concurrent: int
+    local_cpus: float | None  # a private embedded Ray of this size; None joins a cluster
+    ray_address: str | None = None
+
+    @property
+    def train_storage(self) -> str:
+        """Where the trials' Ray Train runs keep their checkpoints."""
+        return join(self.experiment_dir, "train")
+
+    def describe(self) -> str:
+        """The plan in a few lines, credentials in its URIs masked (it is printed)."""
+        lines = [
+            f"experiment dir : {self.experiment_dir}",
+            f"mlflow         : {self.tracking_uri} (experiment {self.experiment!r})",
+            f"concurrency    : {self.max_concurrent} trial(s) at once",
+        ]
+        if self.local_cpus is not None:
+            lines.append(f"local ray      : {self.local_cpus:g} logical CPUs")
+        else:
+            lines.append(f"ray cluster    : {self.ray_address}")
+        return mask_secrets("\n".join(lines))
+
+
+def latest_experiment_dir(space: SearchSpace) -> str | None:
+    """The newest ``<name>-YYYYmmdd-HHMMSS`` folder (not another space's ``<name>-other-...``)."""
+    pattern = re.compile(rf"{re.escape(space.name)}-\d{{8}}-\d{{6}}")
+    root = space.storage_root()
+    try:
+        names = [name for name in list_dirs(root) if pattern.fullmatch(name)]
+    except OSError as exc:
+        raise ReidSearchError(f"{root}: storage_path: cannot list ({first_line(exc)})") from None
+    return join(root, max(names)) if names else None
+
+
+def local_capacity() -> Capacity:
+    """This machine's cores and GPUs (what an embedded local Ray will have)."""
+    import os
+
+    import torch
+
+    return Capacity(cpus=float(os.cpu_count() or 1), gpus=float(torch.cuda.device_count()))
+
+
+def check_dataset(space: SearchSpace) -> None:
+    """Fail before Ray starts when the dataset folder is missing (every trial would fail)."""
+    root = space.fixed_config.data.root
+    if root is None:
+        return
+    try:
+        found = exists(root)
+    except (OSError, ReidSearchError) as exc:
+        raise ReidSearchError(
+            f"{space.source}: fixed.data.root: {root}: cannot read ({first_line(exc)})"
+        ) from None
+    if not found:
+        raise ReidSearchError(
+            f"{space.source}: fixed.data.root: {root}: no such folder "
+            "(edit the file or pass --data)"
+        )
+
+
+def plan_search(
+    space: SearchSpace, *, address: str | None, tracking_uri: str | None, resume: bool
+) -> SearchPlan:
+    scaling = space.fixed_config.scaling
+    if resume:
+        experiment_dir = latest_experiment_dir(space)
+        if experiment_dir is None:
+            raise ReidSearchError(
+                f"{space.source}: --resume: no earlier run of "
+                f"{space.name!r} under {space.storage_root()}"
+            )
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        experiment_dir = join(space.storage_root(), f"{space.name}-{stamp}")
+    uri = tracking_uri or space.mlflow.tracking_uri or default_tracking_uri()
+    local_cpus = None
+    max_concurrent = space.max_concurrent
+    ray_address = running_ray_address(address)
+    if ray_address is None:
+        capacity = local_capacity()
+        check_one_trial_fits(capacity, scaling, str(space.source), driver_cpus=0.0)
+        fits = max_concurrent_trials(capacity, scaling, driver_cpus=0.0)
+        max_concurrent = max(1, min(max_concurrent, fits))
+        # The trial drivers only wait on their TorchTrainer: give them a logical share on top
+        # of the real cores, so that `max_concurrent` trials of workers fill the machine.
+        local_cpus = capacity.cpus + math.ceil(max_concurrent * TRIAL_DRIVER_CPUS)
+    return SearchPlan(
+        experiment_dir=experiment_dir,
+        tracking_uri=uri,
+        experiment=space.experiment,
+        max_concurrent=max_concurrent,
+        local_cpus=local_cpus,
+        ray_address=ray_address,
+    )

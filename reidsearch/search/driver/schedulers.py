@@ -1,0 +1,122 @@
+"""Trial schedulers of a search: ASHA whose rungs survive ``--resume``, or none (FIFO).
+
+Tune restores a search's searcher but not its scheduler (ray-project/ray issue 30838): after a
+restart ASHA would have forgotten every rung and judge the remaining trials against nothing.
+``ResumableASHA`` writes its rungs and its stop decisions to the experiment folder whenever they
+change, and reads them back the first time the restored search uses it, so that a resumed search
+stops exactly the trials an uninterrupted one would stop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from reidsearch.search.driver.state_files import state_path
+from reidsearch.search.keys import ASHA_STATE_FILE
+from reidsearch.storage import exists, read_text, write_text
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA (``time_attr`` epochs) that keeps its rungs in ``state_path`` (a local path or URI)."""
+
+    def __init__(self, *, state_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._state_path = state_path
+        self._stopped: set[str] = set()  # trials ASHA stopped: stopped again if they come back
+        self._bracket_of: dict[str, int] = {}
+        self._loaded = False
+
+    # ------------------------------------------------------------------------- persistence
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "brackets": [
+                [{"milestone": float(m), "recorded": dict(rec)} for m, rec in bracket._rungs]
+                for bracket in self._brackets
+            ],
+            "stopped": sorted(self._stopped),
+            "bracket_of": self._bracket_of,
+        }
+
+    def _save(self) -> None:
+        write_text(self._state_path, json.dumps(self._snapshot(), indent=1))
+
+    def _load(self) -> None:
+        """Once per driver process: the rungs a previous driver of this search recorded."""
+        if self._loaded:
+            return
+        self._loaded = True
+        if not exists(self._state_path):
+            return
+        state = json.loads(read_text(self._state_path))
+        milestones = [[float(m) for m, _ in bracket._rungs] for bracket in self._brackets]
+        if milestones != [[rung["milestone"] for rung in b] for b in state["brackets"]]:
+            raise ValueError(f"{self._state_path}: rungs do not match this scheduler")
+        for bracket, rungs in zip(self._brackets, state["brackets"], strict=True):
+            for (_, recorded), saved in zip(bracket._rungs, rungs, strict=True):
+                recorded.update(saved["recorded"])
+        self._stopped = set(state["stopped"])
+        self._num_stopped = len(self._stopped)
+        self._bracket_of = dict(state["bracket_of"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_loaded"] = False  # an unpickled copy (a restored search) reads the file again
+        return state
+
+    # ------------------------------------------------------------------------ Tune's hooks
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load()
+        known = self._bracket_of.get(trial.trial_id)
+        if known is None:
+            super().on_trial_add(tune_controller, trial)
+            self._bracket_of[trial.trial_id] = self._brackets.index(
+                self._trial_info[trial.trial_id]
+            )
+        else:
+            self._trial_info[trial.trial_id] = self._brackets[known]
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._load()
+        if trial.trial_id in self._stopped:
+            return TrialScheduler.STOP  # stopped before the driver went down: stays stopped
+        before = self._recorded_count()
+        action = super().on_trial_result(tune_controller, trial, result)
+        cut = action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t
+        if cut:  # (a trial that reached max_t is also told STOP: it has simply ended)
+            self._stopped.add(trial.trial_id)
+        if cut or self._recorded_count() != before:
+            self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._load()
+        before = self._recorded_count()
+        super().on_trial_complete(tune_controller, trial, result)
+        if self._recorded_count() != before:
+            self._save()
+
+    def _recorded_count(self) -> int:
+        return sum(len(rec) for bracket in self._brackets for _, rec in bracket._rungs)
+
+
+def build_scheduler(
+    kind: str,
+    *,
+    experiment_dir: str,
+    max_t: int,
+    grace_period: int,
+    reduction_factor: float,
+) -> TrialScheduler:
+    """ASHA on epochs (not Tune iterations: a restarted worker may repeat a report), or FIFO."""
+    if kind == "none":
+        return FIFOScheduler()
+    return ResumableASHA(
+        state_path=state_path(experiment_dir, ASHA_STATE_FILE),
+        time_attr="epoch",
+        max_t=max_t,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )

@@ -1,0 +1,144 @@
+"""The search: Ray Tune over trials that each run a Ray Train TorchTrainer.
+
+Optuna TPE (seeded, known-good points first) proposes the searched parameters, ASHA stops bad
+trials early, and the MLflow callback records everything from this driver process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.search.cluster.ray_session import (
+    check_shared_storage,
+    init_ray,
+    size_concurrency,
+)
+from reidsearch.search.driver.plan import SearchPlan, plan_search
+from reidsearch.search.driver.preflight import check_before_ray
+from reidsearch.search.driver.schedulers import build_scheduler
+from reidsearch.search.driver.searcher import build_searcher
+from reidsearch.search.driver.shipping import ship_inputs
+from reidsearch.search.driver.tracker import MLflowSearchTracker
+from reidsearch.search.driver.trial_states import KeepDoneInState
+from reidsearch.search.keys import GRID_KEY
+from reidsearch.search.space import SearchSpace
+from reidsearch.search.trial.drills import crash_drill
+from reidsearch.search.trial.trainable import run_trial
+from reidsearch.storage import basename, check_writable
+
+
+def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
+    if not progress:
+        return []
+    from reidsearch.search.driver.progress import SearchProgress
+
+    return [
+        SearchProgress(
+            total=space.total_trials(),
+            metric=space.metric,
+            mode=space.mode,
+            max_epochs=space.trial_epochs(),
+            param_keys=space.keys,
+        )
+    ]
+
+
+def run_search(
+    space: SearchSpace,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    verbose: int = 1,
+    cluster_file: str | None = None,
+    progress: bool = False,
+) -> tuple[SearchPlan, tune.ResultGrid]:
+    """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results.
+
+    ``progress`` prints a compact live report (``progress.SearchProgress``) instead of Tune's
+    tables (``verbose``) and the Ray workers' log lines."""
+    plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
+    check_before_ray(space, plan)
+    if progress:
+        from reidsearch.search.driver.progress import quiet_search_output
+
+        quiet_search_output()
+    cluster = init_ray(
+        address, num_cpus=plan.local_cpus, cluster_file=cluster_file, worker_logs=not progress
+    )
+    plan.max_concurrent = size_concurrency(space, cluster, plan.max_concurrent)
+    check_shared_storage(space, cluster, plan.experiment_dir)
+    check_writable(plan.experiment_dir, f"{space.source}: storage_path")
+
+    fixed = space.fixed_config.model_dump()
+    shipment = ship_inputs(space.fixed_config)
+    settings = {
+        "train_storage": plan.train_storage,
+        "max_failures": space.max_failures,
+        "shipment": shipment,
+    }
+    in_process = space.fixed_config.scaling.runner == "trial_process"
+    if in_process:
+        settings["crash_drill"] = crash_drill()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, fixed=fixed, settings=settings),
+        cluster.trial_resources(space.fixed_config.scaling),
+    )
+    tracker = MLflowSearchTracker(
+        tracking_uri=plan.tracking_uri,
+        experiment=plan.experiment,
+        search_name=space.name,
+        experiment_dir=plan.experiment_dir,
+        train_storage=plan.train_storage,
+        space_file=str(space.source),
+        fixed=fixed,
+        objective=space.fixed_config.objective,
+        log_checkpoint=space.mlflow.log_checkpoint,
+        full_epochs=space.trial_epochs(),
+        params=space.params,
+    )
+    run_config = tune.RunConfig(
+        name=basename(plan.experiment_dir),
+        storage_path=space.storage_root(),
+        # Crashed workers are retried inside the trial by Ray Train, from the last checkpoint;
+        # a trial that fails as a whole (e.g. it diverged) is not re-run. A trial trained in
+        # its own process is retried by Tune (a diverged one fails again at once: outcome.json).
+        failure_config=tune.FailureConfig(max_failures=space.max_failures if in_process else 0),
+        callbacks=[tracker, KeepDoneInState(), *_reporters(space, progress)],
+        verbose=0 if progress else verbose,
+    )
+    if resume and tune.Tuner.can_restore(plan.experiment_dir):
+        tuner = tune.Tuner.restore(
+            plan.experiment_dir,
+            trainable=trainable,
+            resume_errored=True,
+            resume_unfinished=True,
+        )
+    else:
+        param_space: dict[str, Any] = {}
+        if space.searcher == "grid":  # each grid point is one dict of searched values
+            param_space = {GRID_KEY: tune.grid_search(space.grid())}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=SCORE_KEY,
+                mode=space.objective.mode,
+                search_alg=build_searcher(space, plan.max_concurrent),
+                scheduler=build_scheduler(
+                    space.scheduler.type,
+                    experiment_dir=plan.experiment_dir,
+                    max_t=space.scheduler.max_t or space.fixed_config.epochs,
+                    grace_period=space.scheduler.grace_period,
+                    reduction_factor=space.scheduler.reduction_factor,
+                ),
+                num_samples=space.trials,
+                max_concurrent_trials=plan.max_concurrent if space.searcher == "grid" else None,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=run_config,
+        )
+    return plan, tuner.fit()

@@ -1,0 +1,382 @@
+"""MLflow tracking of a search: one parent run, one child run per trial, from the Tune driver.
+
+Only the driver process writes to MLflow (a Tune callback), so a local sqlite store has a
+single writer even with many concurrent trials; a cluster can use a tracking server URI.
+Logging is idempotent across restarts: per-trial run ids are kept in the experiment folder (a
+local folder or an ``s3://`` URI), and epochs already logged are not logged again after a worker
+restarts from a checkpoint. Pictures and checkpoints reach MLflow from wherever the trial stored
+them, through Ray's ``Checkpoint`` API (on a cluster: the bucket, not this machine's disk).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from reidsearch.config import QUERY_METRICS, ObjectiveConfig, TrialConfig
+from reidsearch.engine.checkpoint import CHECKPOINT_FILE
+from reidsearch.engine.scoring import (
+    EPOCH_SCORE_KEY,
+    SCORE_EPOCH_KEY,
+    SCORE_KEY,
+    interval_keys,
+    spread_key,
+)
+from reidsearch.redact import mask_secrets
+from reidsearch.search.driver.state_files import state_path
+from reidsearch.search.driver.trial_states import failure_reason, trial_ended
+from reidsearch.search.keys import (
+    BACKBONE_TAG,
+    CHECKPOINT_TAG,
+    DATASET_TAG,
+    EXPERIMENT_DIR_TAG,
+    FAILED_STATUS,
+    FAILURE_TAG,
+    FINAL_STATUSES,
+    FINISHED_STATUS,
+    HEAD_TAG,
+    INTERRUPTED,
+    KIND_TAG,
+    MLFLOW_RUNS_FILE,
+    NODE_KEY,
+    NODE_TAG,
+    OBJECTIVE_TAG,
+    PARENT_TAG,
+    RESUMED_TAG,
+    SCORED_PREFIX,
+    SEARCH_TAG,
+    SEARCHED_PREFIX,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+)
+from reidsearch.search.results.best_trial import checkpoint_location
+from reidsearch.search.results.run_names import readable_run_name
+from reidsearch.search.results.store import get_or_create_experiment
+from reidsearch.search.results.summary import log_search_summary
+from reidsearch.search.rules import finite, stopped_early
+from reidsearch.search.space.params import ParamSpec
+from reidsearch.search.space.trials import resolve_trial
+from reidsearch.storage import exists, filesystem, join, read_text, write_text
+
+# The metrics of a trial's score epoch, logged once with SCORED_PREFIX when the trial ends.
+SCORED_METRICS = (
+    *QUERY_METRICS,
+    *(key for metric in QUERY_METRICS for key in interval_keys(metric)),
+    *(spread_key(metric) for metric in QUERY_METRICS),
+    "num_valid_queries",
+)
+# Every epoch's chart in MLflow.
+CHART_METRICS = (
+    "untrained_mAP",
+    "untrained_rank1",
+    "query_leaks",
+    "unreadable_images",
+    "epoch",
+    "loss",
+    "ce",
+    "triplet",
+    "lr",
+    "images_per_s",
+    "epoch_time_s",
+    "startup_s",  # trial start -> first training step (the first epoch of each run)
+    "trainable_blocks",
+    *SCORED_METRICS,
+    SCORE_KEY,
+    EPOCH_SCORE_KEY,
+)
+
+
+def flatten_config(config: TrialConfig) -> dict[str, str]:
+    """Every resolved setting as a dotted MLflow param (``model.lam`` -> ``8.0``), credentials
+    in URIs masked (``data.root: s3://b/x?secret_key=***``)."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = mask_secrets(str(value))
+
+    walk("", config.model_dump())
+    return flat
+
+
+class MLflowSearchTracker(Callback):
+    """Tune callback: parent run for the search, a child run per trial, artifacts at the end."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        search_name: str,
+        experiment_dir: str,
+        train_storage: str,
+        space_file: str,
+        fixed: dict[str, Any],
+        objective: ObjectiveConfig,
+        log_checkpoint: bool = False,
+        full_epochs: int | None = None,
+        params: list[ParamSpec] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.search_name = search_name
+        self.experiment_dir = experiment_dir
+        self.train_storage = train_storage
+        self.space_file = space_file
+        self.fixed = fixed
+        self.objective = objective
+        self.mode = str(objective.mode)
+        self.log_checkpoint = log_checkpoint
+        self.full_epochs = full_epochs or int(fixed.get("epochs", 0))  # what ASHA lets run
+        self.params = list(params or [])  # the space's distributions, for the analyses
+        self._client: Any = None
+        self._state: dict[str, Any] = {}
+        self._orphans_checked = False
+
+    # -- state kept beside the Tune experiment so a resumed search continues the same runs --
+    def _state_path(self) -> str:
+        return state_path(self.experiment_dir, MLFLOW_RUNS_FILE)
+
+    def _save_state(self) -> None:
+        write_text(self._state_path(), json.dumps(self._state, indent=1))
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def parent_run_id(self) -> str:
+        return self._state["parent"]
+
+    def setup(self, **info: Any) -> None:
+        for path in (self._state_path(), join(self.experiment_dir, MLFLOW_RUNS_FILE)):
+            if exists(path):  # (the second: where earlier versions kept it)
+                self._state = json.loads(read_text(path))
+                break
+        if "parent" not in self._state:
+            experiment_id = get_or_create_experiment(
+                self.client, self.experiment, self.tracking_uri
+            )
+            run = self.client.create_run(
+                experiment_id,
+                run_name=self.search_name,
+                tags={
+                    KIND_TAG: "search",
+                    SEARCH_TAG: self.search_name,
+                    OBJECTIVE_TAG: self.objective.model_dump_json(),
+                    EXPERIMENT_DIR_TAG: mask_secrets(self.experiment_dir),
+                },
+            )
+            self._state = {"parent": run.info.run_id, "experiment_id": experiment_id, "trials": {}}
+            space = Path(self.space_file)  # as written, but for credentials in its URIs
+            text = mask_secrets(space.read_text())
+            self.client.log_text(run.info.run_id, text, f"search_space/{space.name}")
+            self._save_state()
+        else:  # a resumed search
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._reconcile_logged_epochs()
+
+    def _reconcile_logged_epochs(self) -> None:
+        """Epochs MLflow has but the saved state does not (the driver died between logging
+        them and saving): counted as logged, so that nothing is logged twice."""
+        for entry in self._state["trials"].values():
+            if entry.get("status") in FINAL_STATUSES:
+                continue
+            history = self.client.get_metric_history(entry["run_id"], "epoch")
+            entry["last_epoch"] = max([entry["last_epoch"], *(m.step for m in history)])
+        self._save_state()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Once, on the first step of a resumed search: trial runs that Tune does not know
+        (started after its last saved state, before the driver went down; the restored search
+        suggests new trials instead) are deleted, so MLflow keeps exactly one run per trial."""
+        if self._orphans_checked:
+            return
+        self._orphans_checked = True
+        known = {trial.trial_id for trial in trials}
+        orphans = [tid for tid in self._state["trials"] if tid not in known]
+        for trial_id in orphans:
+            self.client.delete_run(self._state["trials"].pop(trial_id)["run_id"])
+        if orphans:
+            self._save_state()
+
+    def _trial_entry(self, trial: Any) -> dict[str, Any]:
+        entry = self._state["trials"].get(trial.trial_id)
+        if entry is not None:
+            return entry
+        params, resolved = resolve_trial(self.fixed, trial.config)
+        run = self.client.create_run(
+            self._state["experiment_id"],
+            run_name=readable_run_name(resolved.model.head, params, trial.trial_id),
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                KIND_TAG: "trial",
+                SEARCH_TAG: self.search_name,
+                TRIAL_TAG: trial.trial_id,
+                HEAD_TAG: resolved.model.head,
+                DATASET_TAG: mask_secrets(resolved.data.root)
+                or f"synthetic-{resolved.data.synthetic.layout}",
+                BACKBONE_TAG: resolved.model.backbone,
+            },
+        )
+        from mlflow.entities import Param
+
+        all_params = flatten_config(resolved)
+        all_params.update(
+            {f"{SEARCHED_PREFIX}{k}": mask_secrets(str(v)) for k, v in params.items()}
+        )
+        items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[start : start + 100])
+        self.client.log_text(
+            run.info.run_id,
+            json.dumps(mask_secrets(resolved.model_dump()), indent=2),
+            "config/resolved_config.json",
+        )
+        entry = {
+            "run_id": run.info.run_id,
+            "last_epoch": 0,
+            "score": None,
+            "score_checkpoint": None,
+            "searched": params,
+        }
+        self._state["trials"][trial.trial_id] = entry
+        self._save_state()
+        return entry
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        entry = self._trial_entry(trial)
+        if entry.get("status") == INTERRUPTED:  # a resumed search takes it up again
+            del entry["status"]
+            self.client.update_run(entry["run_id"], status="RUNNING")
+            self._save_state()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        from mlflow.entities import Metric
+
+        entry = self._trial_entry(trial)
+        epoch = int(result.get("epoch", 0))
+        if epoch <= entry["last_epoch"]:
+            return  # a restarted worker repeats epochs it had already reported
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(result[key]), now, epoch)
+            for key in CHART_METRICS
+            if key in result and finite(result[key])
+        ]
+        self.client.log_batch(entry["run_id"], metrics=metrics)
+        entry["last_epoch"] = epoch
+        if entry.get("status") == FAILED_STATUS:  # a failed trial that --resume took up again
+            del entry["status"]
+            self.client.update_run(entry["run_id"], status="RUNNING")
+            if FAILURE_TAG in self.client.get_run(entry["run_id"]).data.tags:
+                self.client.delete_tag(entry["run_id"], FAILURE_TAG)
+        resumed_from = int(result.get("start_epoch", 0))
+        if resumed_from > 0 and resumed_from not in entry.setdefault("resumed_from", []):
+            entry["resumed_from"].append(resumed_from)  # from the checkpoint of that epoch
+            tag = ",".join(map(str, entry["resumed_from"]))
+            self.client.set_tag(entry["run_id"], RESUMED_TAG, tag)
+        node = result.get(NODE_KEY)
+        if node and node not in entry.setdefault("nodes", []):
+            entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
+            self.client.set_tag(entry["run_id"], NODE_TAG, ",".join(entry["nodes"]))
+        if SCORE_KEY in result:
+            entry["score"] = float(result[SCORE_KEY])
+            entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
+            if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
+                entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
+                entry["score_checkpoint"] = result.get("checkpoint_path")
+        self._save_state()
+
+    def _finish_trial(self, trial: Any, status: str, reason: str = "") -> None:
+        entry = self._trial_entry(trial)
+        if entry.get("status") in FINAL_STATUSES:
+            return  # ended before a restart of the driver (Tune reports its end again)
+        run_id = entry["run_id"]
+        if reason:
+            self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        if entry.get("score_checkpoint"):
+            self._log_checkpoint_files(run_id, entry["score_checkpoint"])
+            where = checkpoint_location(self.train_storage, entry["score_checkpoint"])
+            self.client.set_tag(run_id, CHECKPOINT_TAG, where)  # for `reidsearch export --best`
+        if entry.get("score") is not None:
+            from mlflow.entities import Metric
+
+            now, step = int(time.time() * 1000), entry["score_epoch"]
+            scored = [
+                Metric(f"{SCORED_PREFIX}{key}", value, now, step)
+                for key, value in entry.get("scored", {}).items()
+                if finite(value)
+            ]
+            scored.append(Metric(SCORE_EPOCH_KEY, float(step), now, step))
+            self.client.log_batch(run_id, metrics=scored)
+            self.client.set_tag(run_id, SCORE_EPOCH_KEY, str(step))
+        early = stopped_early(entry["last_epoch"], self.full_epochs, failed=status == FAILED_STATUS)
+        self.client.set_tag(run_id, STOPPED_EARLY_TAG, str(early))
+        self.client.set_terminated(run_id, status=status)
+        entry["status"] = status
+        self._save_state()
+
+    def _log_checkpoint_files(self, run_id: str, checkpoint_path: str) -> None:
+        """Pictures (and the checkpoint) of the best epoch, read through Ray's Checkpoint API
+        from the Train storage, wherever that is."""
+        from ray.train import Checkpoint
+
+        filesys, _ = filesystem(self.train_storage)
+        checkpoint = Checkpoint(path=checkpoint_path, filesystem=filesys)
+        try:
+            with checkpoint.as_directory() as directory:
+                for picture in sorted(Path(directory).glob("*.png")):
+                    self.client.log_artifact(run_id, str(picture), "pictures")
+                if self.log_checkpoint:
+                    self.client.log_artifact(
+                        run_id, str(Path(directory) / CHECKPOINT_FILE), "checkpoint"
+                    )
+        except FileNotFoundError:
+            pass  # the checkpoint was pruned (num_to_keep) after a better one replaced it
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish_trial(trial, FINISHED_STATUS)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish_trial(trial, FAILED_STATUS, reason=failure_reason(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """The search ended, or was interrupted (Ctrl-C: Tune stops, saves and ends here)."""
+        unfinished = [t for t in trials if not trial_ended(t)]
+        if unfinished:  # interrupted: `--resume` continues these runs
+            for trial in unfinished:
+                entry = self._state["trials"].get(trial.trial_id)
+                if entry is not None and entry.get("status") not in FINAL_STATUSES:
+                    entry["status"] = INTERRUPTED
+                    self.client.set_terminated(entry["run_id"], status=INTERRUPTED)
+            self._save_state()
+            self.client.set_terminated(self.parent_run_id, status=INTERRUPTED)
+            return
+        log_search_summary(
+            self.client,
+            self.parent_run_id,
+            self._state["trials"],
+            self.params,
+            self.mode,
+            self.full_epochs,
+        )
+        self.client.set_terminated(self.parent_run_id, status=FINISHED_STATUS)

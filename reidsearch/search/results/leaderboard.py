@@ -1,0 +1,198 @@
+"""The leaderboard: the trials of one search (by default the latest), read back from MLflow and
+sorted by the search's own objective, with the score's interval and the rows that cannot be
+told apart from the best."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from reidsearch.config import ObjectiveConfig
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, interval_keys
+from reidsearch.search.keys import (
+    KIND_TAG,
+    OBJECTIVE_TAG,
+    PARENT_TAG,
+    SCORED_PREFIX,
+    SEARCHED_PREFIX,
+    STOPPED_EARLY_TAG,
+    TRIAL_TAG,
+)
+from reidsearch.search.results.searches import find_searches, search_label
+from reidsearch.search.rules import best_first
+
+
+@dataclass
+class Leaderboard:
+    """Rows of trials, best first, and what they were ranked by."""
+
+    experiment: str
+    searches: list[str]  # the searches shown (their folder names), newest first
+    objective: ObjectiveConfig
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    untrained: dict[str, float] = field(default_factory=dict)  # mean untrained mAP per search
+
+
+def _row(run: Any, label: str) -> dict[str, Any]:
+    metrics = dict(run.data.metrics)
+    scored = {
+        key[len(SCORED_PREFIX) :]: value
+        for key, value in metrics.items()
+        if key.startswith(SCORED_PREFIX)
+    }
+    return {
+        "run": run.info.run_name,
+        "trial": run.data.tags.get(TRIAL_TAG, run.info.run_name),  # the Tune trial id
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "stopped_early": run.data.tags.get(STOPPED_EARLY_TAG) == "True",
+        "search": label,
+        "score": metrics.get(SCORE_KEY),
+        "score_epoch": metrics.get(SCORE_EPOCH_KEY),
+        "scored": scored,  # the metrics of the epoch the score comes from
+        "untrained_mAP": metrics.get("untrained_mAP"),
+        "params": {
+            k[len(SEARCHED_PREFIX) :]: v
+            for k, v in run.data.params.items()
+            if k.startswith(SEARCHED_PREFIX)
+        },
+    }
+
+
+def _interval(row: dict[str, Any], objective: ObjectiveConfig) -> tuple[float, float] | None:
+    low, high = (row["scored"].get(key) for key in interval_keys(objective.metric))
+    return None if low is None or high is None else (low, high)
+
+
+def mark_indistinguishable(rows: list[dict[str, Any]], objective: ObjectiveConfig) -> None:
+    """``tied``: the row's 95% interval of the objective's metric overlaps the best row's, so
+    the data cannot tell it apart from the best (the best row is marked too)."""
+    best = next((r for r in rows if r["score"] is not None), None)
+    best_interval = _interval(best, objective) if best else None
+    for row in rows:
+        interval = _interval(row, objective)
+        row["tied"] = bool(
+            best_interval
+            and interval
+            and interval[0] <= best_interval[1]
+            and best_interval[0] <= interval[1]
+        )
+
+
+def fetch_leaderboard(
+    tracking_uri: str,
+    experiment: str | None,
+    *,
+    search: str | None = None,
+    all_searches: bool = False,
+    top: int = 10,
+) -> Leaderboard:
+    """The trials of the newest search of ``experiment`` (default: the newest experiment), or of
+    ``search`` (its folder name or parent run id), or of every search (``all_searches``),
+    sorted by the objective of the newest search shown."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found, shown = find_searches(client, tracking_uri, experiment, search, all_searches)
+    objective = ObjectiveConfig()
+    if shown and OBJECTIVE_TAG in shown[0].data.tags:
+        objective = ObjectiveConfig.model_validate(json.loads(shown[0].data.tags[OBJECTIVE_TAG]))
+    rows: list[dict[str, Any]] = []
+    for parent in shown:
+        trials = client.search_runs(
+            [found.experiment_id],
+            filter_string=(
+                f"tags.`{KIND_TAG}` = 'trial' and tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+            ),
+            max_results=50_000,
+        )
+        rows.extend(_row(run, search_label(parent)) for run in trials)
+    rows.sort(key=lambda r: (*best_first(r["score"], objective.mode), r["run"]))
+    mark_indistinguishable(rows, objective)
+    untrained: dict[str, list[float]] = {}
+    for row in rows:
+        if row["untrained_mAP"] is not None:
+            untrained.setdefault(row["search"], []).append(row["untrained_mAP"])
+    return Leaderboard(
+        experiment=found.name,
+        searches=[search_label(p) for p in shown],
+        objective=objective,
+        rows=rows[:top],
+        untrained={label: sum(v) / len(v) for label, v in untrained.items()},
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _score_text(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "loss" else f"{100 * value:.1f}"
+
+
+def format_leaderboard(board: Leaderboard) -> str:
+    """A plain-text table: the objective first, then the score epoch's metrics and the
+    searched values; ``~`` marks rows whose interval overlaps the best row's."""
+    objective, rows = board.objective, board.rows
+    where = f"experiment {board.experiment!r}, search {', '.join(board.searches) or '-'}"
+    if not rows:
+        return f"Leaderboard of {where}: no trials"
+    keys = sorted({k for row in rows for k in row["params"]})
+    several = len(board.searches) > 1
+    bound = " lower bound" if objective.bound and objective.mode == "max" else ""
+    bound = " upper bound" if objective.bound and objective.mode == "min" else bound
+    score_name = f"{objective.metric}{bound} ({objective.reduce})"
+    header = ["#", score_name, "95% CI", "", "trial", "status", "epoch"]
+    header += ["mAP", "rank-1", "rank-5", "mINP", *(["search"] if several else []), *keys]
+    table = [header]
+    for n, row in enumerate(rows, 1):
+        m = row["scored"]
+        interval = _interval(row, objective)
+        table.append(
+            [
+                str(n),
+                _score_text(row["score"], objective.metric),
+                f"{_pct(interval[0])}-{_pct(interval[1])}" if interval else "-",
+                "~" if row["tied"] else "",
+                row.get("trial") or row["run"],  # short: the run name also lists the values
+                _status(row),
+                "-" if row["score_epoch"] is None else f"{row['score_epoch']:.0f}",
+                _pct(m.get("mAP")),
+                _pct(m.get("rank1")),
+                _pct(m.get("rank5")),
+                _pct(m.get("mINP")),
+                *([row["search"]] if several else []),
+                *[_short(row["params"].get(k, "-")) for k in keys],
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [
+        f"Leaderboard of {where}: sorted by {score_name}, {objective.mode}imised; every row "
+        "shows the epoch its score comes from (in %); ~ = its 95% interval overlaps the best's"
+    ]
+    for r in table:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for label, value in board.untrained.items():
+        lines.append(
+            f"untrained model (same data, random init): mAP {_pct(value)}% "
+            f"(mean over the trials of {label})"
+        )
+    return "\n".join(lines)
+
+
+def _status(row: dict[str, Any]) -> str:
+    """``stopped`` only for trials ASHA ended early: a failed trial also ran short, but failed."""
+    if row["status"] == "FINISHED" and row["stopped_early"]:
+        return "stopped"
+    return row["status"].lower()
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}"

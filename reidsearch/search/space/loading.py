@@ -1,0 +1,132 @@
+"""Loading a search-space file: each section validated, then the checks that span sections
+(objective and repeats against ``fixed:``, grid against distributions, ASHA against the epochs,
+``points_to_evaluate`` against the space), so a typo fails before Ray starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from reidsearch.config import ResourcesConfig, TrialConfig, read_yaml
+from reidsearch.errors import ConfigError
+from reidsearch.search.space.params import ParamSpec, format_value
+from reidsearch.search.space.parsing import parse_search
+from reidsearch.search.space.schema import NAME_RE, SchedulerSettings, SpaceFile, validate_part
+from reidsearch.search.space.search_space import SearchSpace
+
+__all__ = ["load_search_space"]
+
+# TrialConfig settings a space file sets at its top level, not under fixed:
+TOP_LEVEL_SETTINGS = ("objective", "repeats")
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Load and fully validate a search-space YAML file (ConfigError on any problem)."""
+    path = Path(path)
+    src = str(path)
+    spec = validate_part(SpaceFile, read_yaml(path), src, "")
+
+    fixed = copy.deepcopy(spec.fixed)
+    for key in TOP_LEVEL_SETTINGS:
+        if key in fixed:
+            raise ConfigError(
+                f"{src}: fixed.{key}: set it with the top-level {key}: key, not under fixed:"
+            )
+    base = validate_part(TrialConfig, fixed, src, "fixed")
+    scaling = base.scaling.model_dump()
+    scaling.update(spec.resources or {})
+    resources = validate_part(ResourcesConfig, scaling, src, "resources")
+    fixed_config = base.model_copy(
+        update={"scaling": resources, "objective": spec.objective, "repeats": spec.repeats}
+    )
+
+    params = parse_search(spec.search, src, fixed_config)
+    if spec.searcher == "grid":
+        _check_grid(spec, params, src)
+    scheduler = _check_scheduler(spec.scheduler, fixed_config, src)
+
+    space = SearchSpace(
+        source=path,
+        name=spec.name or path.stem,
+        description=spec.description,
+        fixed=fixed,
+        fixed_config=fixed_config,
+        params=params,
+        searcher=spec.searcher,
+        trials=spec.trials or (1 if spec.searcher == "grid" else 20),
+        max_concurrent=spec.max_concurrent,
+        scheduler=scheduler,
+        seed=spec.seed,
+        points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
+        mlflow=spec.mlflow,
+        storage_path=spec.storage_path,
+        max_failures=spec.max_failures,
+    )
+    if not space.name or not NAME_RE.match(space.name):
+        raise ConfigError(f"{src}: name: {space.name!r} is not a usable search name")
+    _check_points(space, src)
+    return space
+
+
+def _check_grid(spec: SpaceFile, params: list[ParamSpec], src: str) -> None:
+    for p in params:
+        if p.type != "choice":
+            raise ConfigError(
+                f"{src}: search.{p.key}: searcher grid needs choice parameters "
+                f"(every combination runs), got {p.type}"
+            )
+    if spec.points_to_evaluate:
+        raise ConfigError(
+            f"{src}: points_to_evaluate: not used by searcher grid (every combination runs)"
+        )
+
+
+def _check_scheduler(
+    scheduler: SchedulerSettings, fixed_config: TrialConfig, src: str
+) -> SchedulerSettings:
+    """Settings that would make ASHA mislead (compare unevaluated epochs, never reach max_t);
+    returns the scheduler with ``max_t`` filled in."""
+    if scheduler.type == "none":
+        extra = sorted(scheduler.model_fields_set - {"type"})
+        if extra:
+            raise ConfigError(f"{src}: scheduler.{extra[0]}: only used with type asha")
+        return scheduler
+    max_t = scheduler.max_t or fixed_config.epochs
+    if scheduler.grace_period > max_t:
+        raise ConfigError(
+            f"{src}: scheduler.grace_period: {scheduler.grace_period} is more than max_t "
+            f"({max_t} epochs)"
+        )
+    if max_t > fixed_config.epochs:
+        raise ConfigError(
+            f"{src}: scheduler.max_t: {max_t} is more than fixed.epochs "
+            f"({fixed_config.epochs}); no trial would reach it"
+        )
+    if fixed_config.eval.period != 1:
+        raise ConfigError(
+            f"{src}: fixed.eval.period: ASHA compares trials after every epoch, so they "
+            f"must be evaluated every epoch (period 1, not {fixed_config.eval.period})"
+        )
+    return scheduler.model_copy(update={"max_t": max_t})
+
+
+def _check_points(space: SearchSpace, src: str) -> None:
+    """Each first point must lie in the space, use its conditions, and resolve."""
+    for i, point in enumerate(space.points_to_evaluate):
+        where = f"points_to_evaluate.{i}"
+        for key, value in point.items():
+            if key not in space.keys:
+                raise ConfigError(f"{src}: {where}.{key}: not a searched key")
+            p = space.param(key)
+            if not p.contains(value):
+                raise ConfigError(
+                    f"{src}: {where}.{key}: {format_value(value)} is outside {p.distribution()}"
+                )
+            if p.when is not None and p.when.key in point and not p.when.holds(point):
+                raise ConfigError(
+                    f"{src}: {where}.{key}: never used: the point has {p.when.key}="
+                    f"{format_value(point[p.when.key])} and the parameter is searched only "
+                    f"when {p.when}"
+                )
+        space.resolve(point, where=where)
