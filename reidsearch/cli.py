@@ -15,30 +15,11 @@ from pathlib import Path
 from reidsearch import __version__
 from reidsearch.cli_cluster import add_cluster_commands
 from reidsearch.cli_model import add_model_commands
-from reidsearch.cli_run import add_run_command, data_folder
+from reidsearch.cli_run import add_run_command
 from reidsearch.config import LAYOUTS, RETRIEVALS
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
-
-
-def _apply_train_overrides(cfg, args):  # noqa: ANN001, ANN202 - internal glue
-    from reidsearch.config import with_overrides
-
-    overrides = {}
-    for attr, key in (
-        ("workers", "scaling.workers"),
-        ("gpus_per_worker", "scaling.gpus_per_worker"),
-        ("cpus_per_worker", "scaling.cpus_per_worker"),
-        ("epochs", "epochs"),
-        ("layout", "data.layout"),
-        ("output", "output_dir"),
-    ):
-        value = getattr(args, attr, None)
-        if value is not None:
-            overrides[key] = value
-    if getattr(args, "data", None) is not None:
-        overrides["data.root"] = data_folder(args.data)
-    return with_overrides(cfg, overrides) if overrides else cfg
+from reidsearch.storage import data_folder
 
 
 # --------------------------------------------------------------------------------- commands
@@ -75,28 +56,13 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from reidsearch.config import read_yaml, trial_config_from_dict
+    from reidsearch.search.driver.train_run import TRAIN_OVERRIDES, train_trial
 
-    raw = read_yaml(args.config)
-    if "fixed" in raw:  # a search space: train its fixed settings with its resources
-        from reidsearch.search.space import load_search_space
-
-        base = load_search_space(args.config).fixed_config
-    else:
-        base = trial_config_from_dict(raw, str(args.config))
-    cfg = _apply_train_overrides(base, args)
-    output = Path(cfg.output_dir or "reidsearch_runs").expanduser().resolve()
-    if args.no_ray:
-        from reidsearch.engine.run_local import train_locally
-
-        best = train_locally(cfg, output, name=args.name or Path(args.config).stem)
-    else:
-        from reidsearch.search.driver.single_trial import train_on_ray
-
-        best = train_on_ray(
-            cfg, output, name=args.name or Path(args.config).stem, address=args.address
-        )
-    objective = cfg.objective
+    options = {key: getattr(args, key, None) for key in TRAIN_OVERRIDES}
+    best = train_trial(
+        args.config, name=args.name, address=args.address, no_ray=args.no_ray, **options
+    )
+    objective = best["config"].objective
     print(
         f"score ({objective.metric}, {objective.reduce} epoch) {best['score']:.4f} "
         f"at epoch {best['epoch']}; model written to {mask_secrets(str(best['path']))}"

@@ -5,27 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from reidsearch.cli_cluster import check_run_cluster
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
-
-
-def data_folder(path: str) -> str:
-    """The absolute path of a ``--data`` folder of run, train or eval (Ray workers run
-    elsewhere), checked early; an ``s3://`` / ``gs://`` URI as it is (the search checks it
-    before Ray starts)."""
-    from reidsearch.storage import is_uri
-
-    if is_uri(path):
-        return path
-    folder = Path(path).expanduser().resolve()
-    if folder.is_file():
-        raise ReidSearchError(f"{path}: --data: a file, not a dataset folder")
-    if not folder.is_dir():
-        raise ReidSearchError(f"{path}: --data: no such folder")
-    return str(folder)
+from reidsearch.storage import data_folder
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -339,11 +339,6 @@ def trial_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Tr
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_trial_config(path: str | Path) -> TrialConfig:
-    """Load and validate a trial config YAML file."""
-    return trial_config_from_dict(read_yaml(path), str(path))
-
-
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``data["a"]["b"] = value`` for ``key = "a.b"``, creating mappings on the way."""
     parts = key.split(".")

@@ -178,3 +178,17 @@ def download(location: str, target: Path, what: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def data_folder(path: str) -> str:
+    """The absolute path of a ``--data`` folder of run, train or eval (Ray workers run
+    elsewhere), checked early; an ``s3://`` / ``gs://`` URI as it is (the search checks it
+    before Ray starts)."""
+    if is_uri(path):
+        return path
+    folder = Path(path).expanduser().resolve()
+    if folder.is_file():
+        raise ReidSearchError(f"{path}: --data: a file, not a dataset folder")
+    if not folder.is_dir():
+        raise ReidSearchError(f"{path}: --data: no such folder")
+    return str(folder)

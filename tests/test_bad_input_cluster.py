@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import reidsearch
 from reidsearch.cli import main
 from reidsearch.search.driver import preflight
-from reidsearch.search.space import load_search_space
 from tests.cluster_harness import free_port, mlflow_uri_fixture, s3_fixture  # noqa: F401
 from tests.conftest import tiny_config_dict
 
@@ -331,7 +331,7 @@ def test_more_gpus_per_worker_than_any_node_type_has(capsys, tmp_path, command):
 
 def test_a_fitting_trial_passes_the_cluster_check(tmp_path):
     resources = {"workers": 2, "gpus_per_worker": 1, "cpus_per_worker": 8}
-    space = load_search_space(_space(tmp_path, resources=resources))
+    space = reidsearch.load_space(_space(tmp_path, resources=resources))
     preflight.check_cluster_file(space, str(CLUSTER), address=f"127.0.0.1:{free_port()}")
 
 

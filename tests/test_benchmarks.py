@@ -98,11 +98,12 @@ def test_share_to_match_reads_random_searchs_best_at_each_budget() -> None:
 def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
     from optuna.samplers import RandomSampler
 
+    import reidsearch
+    from reidsearch.internals.ray_internals import optuna_search_study
     from reidsearch.search.driver.searcher import build_searcher
-    from reidsearch.search.space import load_search_space
     from tests.test_search_e2e import _write_space
 
-    space = load_search_space(
+    space = reidsearch.load_space(
         _write_space(
             tmp_path / "rand.yaml",
             searcher="random",
@@ -111,4 +112,4 @@ def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
         )
     )
     limiter = build_searcher(space, max_concurrent=1)
-    assert isinstance(limiter.searcher._sampler, RandomSampler)
+    assert isinstance(optuna_search_study(limiter.searcher).sampler, RandomSampler)

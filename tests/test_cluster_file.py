@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -58,9 +57,9 @@ def _fails(capsys, *paths, names: tuple[str, ...]) -> str:
 
 # --------------------------------------------------------------------------- the shipped file
 def test_shipped_cluster_validates_with_rays_validator():
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from reidsearch.internals.ray_internals import cluster_config_validator
 
-    validate_config(prepare_config(copy.deepcopy(_cluster())))
+    cluster_config_validator()(_cluster())
     cluster = load_cluster_file(CLUSTER)
     assert cluster.head_type == "head"
     assert cluster.head.resources["CPU"] == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import reidsearch
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.cluster.capacity import TRIAL_DRIVER_CPUS, TRIAL_DRIVER_RESOURCE
 from reidsearch.search.cluster.cluster_file import load_cluster_file
@@ -16,7 +17,6 @@ from reidsearch.search.cluster.ray_session import (
     check_shared_storage,
     size_concurrency,
 )
-from reidsearch.search.space import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_ONLY = {"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1000.0, "memory": 1e10}
@@ -36,7 +36,7 @@ def _autoscaling_aws_cluster(alive_nodes: int = 1) -> RayCluster:
 
 
 def test_a_gpu_search_starts_on_a_cluster_with_zero_gpu_nodes(capsys):
-    space = load_search_space(ROOT / "search_spaces" / "latfpp.yaml")  # 1 GPU, 8 CPUs a trial
+    space = reidsearch.load_space(ROOT / "search_spaces" / "latfpp.yaml")  # 1 GPU, 8 CPUs a trial
     cluster = _autoscaling_aws_cluster()
     assert size_concurrency(space, cluster, 4) == 4  # not refused, not lowered to "fits now"
     assert "trials wait for the autoscaler" in capsys.readouterr().out
@@ -47,7 +47,7 @@ def test_a_gpu_search_starts_on_a_cluster_with_zero_gpu_nodes(capsys):
 
 
 def test_a_trial_no_node_type_can_run_is_refused_in_one_line(tmp_path):
-    space = load_search_space(ROOT / "search_spaces" / "latfpp.yaml")
+    space = reidsearch.load_space(ROOT / "search_spaces" / "latfpp.yaml")
     huge = space.fixed_config.scaling.model_copy(update={"gpus_per_worker": 16.0})
     space = dataclasses.replace(
         space, fixed_config=space.fixed_config.model_copy(update={"scaling": huge})
@@ -60,7 +60,7 @@ def test_a_trial_no_node_type_can_run_is_refused_in_one_line(tmp_path):
 
 
 def test_an_embedded_local_ray_is_sized_by_what_it_has(capsys):
-    space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")  # 1 CPU a trial
+    space = reidsearch.load_space(ROOT / "search_spaces" / "quickstart.yaml")  # 1 CPU a trial
     local = RayCluster(
         joined=False, current={"CPU": 2.0}, maximum={"CPU": 2.0}, alive_nodes=1, max_nodes=0
     )
@@ -76,7 +76,7 @@ def test_an_embedded_local_ray_is_sized_by_what_it_has(capsys):
 
 
 def test_local_storage_is_refused_only_where_nodes_do_not_share_a_disk():
-    space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")
+    space = reidsearch.load_space(ROOT / "search_spaces" / "quickstart.yaml")
     cluster = _autoscaling_aws_cluster()
     with pytest.raises(ReidSearchError, match=r"storage_path: /data/runs is a local folder"):
         check_shared_storage(space, cluster, "/data/runs")

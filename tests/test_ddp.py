@@ -244,6 +244,15 @@ def test_sync_batchnorm_on_cpu_is_refused_up_front():
     assert sync_batchnorm(no_bn, DDPConfig(sync_batchnorm=True), 2) is no_bn
 
 
+def test_sync_batchnorm_checks_every_batchnorm_that_torch_converts():
+    """Named by their public classes (torch tests its private ``_BatchNorm`` base)."""
+    from reidsearch.engine.distributed import _BATCH_NORMS
+
+    base = nn.modules.batchnorm._BatchNorm
+    kinds = {c for c in vars(nn).values() if isinstance(c, type) and issubclass(c, base)}
+    assert kinds == set(_BATCH_NORMS), f"torch changed nn's BatchNorm kinds: {kinds}"
+
+
 def _sync_bn_scenario(rank: int) -> dict:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).cuda()

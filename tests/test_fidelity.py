@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import reidsearch
 from reidsearch.config import LossConfig, ModelConfig
 from reidsearch.modeling import (
     BNNeck,
@@ -22,7 +23,6 @@ from reidsearch.modeling import (
     freeze_backbone_blocks,
     gelt_fuse,
 )
-from reidsearch.search.space import load_search_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -155,7 +155,7 @@ def test_configured_feature_sets_the_triplet_input():
 
 
 def test_latfpp_space_la_tf_point_is_the_published_recipe():
-    space = load_search_space(SPACES / "latfpp.yaml")
+    space = reidsearch.load_space(SPACES / "latfpp.yaml")
     la_tf, la_tfpp = (space.resolve(p) for p in space.points_to_evaluate)
     assert la_tf.model.head == "latf" and la_tf.loss.row_reduction == "sum"
     assert la_tf.model.neck == "bottleneck" and la_tf.loss.triplet_weight == 0
@@ -163,7 +163,7 @@ def test_latfpp_space_la_tf_point_is_the_published_recipe():
 
 
 def test_table1_grid_runs_la_tf_with_summed_rows():
-    space = load_search_space(SPACES / "table1.yaml")
+    space = reidsearch.load_space(SPACES / "table1.yaml")
     configs = [space.resolve(combo) for combo in space.grid()]
     assert len(configs) == 4
     assert all(c.model.head == "latf" and c.model.neck == "bottleneck" for c in configs)

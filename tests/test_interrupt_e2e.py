@@ -197,13 +197,14 @@ def test_killed_then_interrupted_search_resumes_without_losing_or_repeating(tmp_
     for trial_id in asha["stopped"]:
         assert by_trial[trial_id].data.tags["stopped_early"] == "True"
     # Optuna was told every trial once: complete with MLflow's score, or pruned.
+    from reidsearch.internals.ray_internals import optuna_search_study, optuna_search_trials
     from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     searcher = PruneAwareOptunaSearch(max_epochs=4)
     searcher.restore_from_dir(str(experiment_dir))
-    study = searcher._ot_study
-    assert set(searcher._ot_trials) == set(by_trial)
-    for trial_id, ot_trial in searcher._ot_trials.items():
+    study = optuna_search_study(searcher)
+    assert set(optuna_search_trials(searcher)) == set(by_trial)
+    for trial_id, ot_trial in optuna_search_trials(searcher).items():
         recorded_trial = study.trials[ot_trial.number]
         assert recorded_trial.state.is_finished(), (trial_id, recorded_trial.state)
         if recorded_trial.state.name == "COMPLETE":

@@ -220,22 +220,26 @@ def test_the_reporter_survives_tunes_pickling_of_its_callbacks():
 
 
 def test_quiet_search_output_drops_only_the_raylet_startup_note(monkeypatch):
-    import ray._private.worker as ray_worker
-
+    from reidsearch.internals.ray_internals import driver_log_printer, set_driver_log_printer
     from reidsearch.search.driver.progress import quiet_search_output
 
     printed = []
-    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda d, p: printed.append(d))
-    for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS", "RAY_COLOR_PREFIX"):
-        monkeypatch.setenv(name, "1")  # restored (unset) after the test
-    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
-    quiet_search_output()
-    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # Tune's new engine prints a box at verbose 0
-    assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"
-    note = "WARNING: 8 PYTHON worker processes have been started on node: x"
-    ray_worker.print_to_stdstream({"pid": "raylet", "lines": [note]}, False)
-    ray_worker.print_to_stdstream({"pid": "raylet", "lines": ["task cannot be scheduled"]}, False)
-    assert [d["lines"] for d in printed] == [["task cannot be scheduled"]]
+    original = driver_log_printer()
+    set_driver_log_printer(lambda d, p: printed.append(d))
+    try:
+        for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS", "RAY_COLOR_PREFIX"):
+            monkeypatch.setenv(name, "1")  # restored (unset) after the test
+        monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+        quiet_search_output()
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # Tune's new engine: a box at verbose 0
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"
+        note = "WARNING: 8 PYTHON worker processes have been started on node: x"
+        printer = driver_log_printer()
+        printer({"pid": "raylet", "lines": [note]}, False)
+        printer({"pid": "raylet", "lines": ["task cannot be scheduled"]}, False)
+        assert [d["lines"] for d in printed] == [["task cannot be scheduled"]]
+    finally:
+        set_driver_log_printer(original)
 
 
 def test_a_search_through_the_cli_prints_a_short_plain_log(tmp_path):

@@ -37,19 +37,21 @@ def _space(folder: Path, **fields) -> Path:
 
 def _optuna_values(experiment_dir: str) -> dict[str, float]:
     """Each Tune trial's value as Optuna recorded it (the searcher state Tune saved)."""
+    from reidsearch.internals.ray_internals import optuna_search_study, optuna_search_trials
     from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     searcher = PruneAwareOptunaSearch(max_epochs=1)
     searcher.restore_from_dir(experiment_dir)
-    study = searcher._ot_study
-    return {tid: study.trials[trial.number].value for tid, trial in searcher._ot_trials.items()}
+    study = optuna_search_study(searcher)
+    asked = optuna_search_trials(searcher)
+    return {tid: study.trials[trial.number].value for tid, trial in asked.items()}
 
 
 def _mlflow_trials(uri: str, search_folder: str) -> dict[str, object]:
-    from reidsearch.search.results.leaderboard import fetch_leaderboard
+    import reidsearch
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    board = fetch_leaderboard(uri, "scores", search=search_folder, top=100)
+    board = reidsearch.leaderboard(uri, "scores", search=search_folder, top=100)
     return {row["trial"]: client.get_run(row["run_id"]) for row in board.rows}, board
 
 
@@ -79,13 +81,12 @@ def _check_one_score(plan, reduce: str, metric: str) -> object:
 
 
 def test_one_score_everywhere_and_a_leaderboard_per_search(search_ray, tmp_path):
-    from reidsearch.search.driver.search import run_search
-    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
-    from reidsearch.search.space import load_search_space
+    import reidsearch
+    from reidsearch.search.results.leaderboard import format_leaderboard
 
     # Search 1: rank-1, best epoch, three seeds per configuration.
     space_file = _space(tmp_path, objective={"metric": "rank1", "reduce": "best"}, repeats=3)
-    first, results = run_search(load_search_space(space_file), verbose=0)
+    first, results = reidsearch.run_search(reidsearch.load_space(space_file), verbose=0)
     assert len(results) == 3 and not results.errors
     board = _check_one_score(first, "best", "rank1")
     assert board.objective.metric == "rank1"
@@ -102,15 +103,17 @@ def test_one_score_everywhere_and_a_leaderboard_per_search(search_ray, tmp_path)
 
     # Search 2 of the same space: the last epoch, one seed.
     space_file = _space(tmp_path, objective={"metric": "rank1", "reduce": "last"})
-    second, results = run_search(load_search_space(space_file), verbose=0)
+    second, results = reidsearch.run_search(reidsearch.load_space(space_file), verbose=0)
     assert not results.errors and second.experiment_dir != first.experiment_dir
     board = _check_one_score(second, "last", "rank1")
     assert all("rank1_std" not in row["scored"] for row in board.rows)
 
     # Each leaderboard shows its own search only, unless asked for all of them.
-    newest = fetch_leaderboard(second.tracking_uri, "scores")
-    older = fetch_leaderboard(second.tracking_uri, "scores", search=Path(first.experiment_dir).name)
-    both = fetch_leaderboard(second.tracking_uri, "scores", all_searches=True, top=100)
+    newest = reidsearch.leaderboard(second.tracking_uri, "scores")
+    older = reidsearch.leaderboard(
+        second.tracking_uri, "scores", search=Path(first.experiment_dir).name
+    )
+    both = reidsearch.leaderboard(second.tracking_uri, "scores", all_searches=True, top=100)
     assert {r["trial"] for r in newest.rows} == set(_optuna_values(second.experiment_dir))
     assert {r["trial"] for r in older.rows} == set(_optuna_values(first.experiment_dir))
     assert len(both.rows) == 6 and len(both.searches) == 2

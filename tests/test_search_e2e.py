@@ -46,8 +46,7 @@ def _trial_runs(uri: str, experiment: str):
 
 
 def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path):
-    from reidsearch.search.driver.search import run_search
-    from reidsearch.search.space import load_search_space
+    import reidsearch
 
     space_file = _write_space(
         tmp_path / "e2e.yaml",
@@ -60,7 +59,7 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path
         fixed=tiny_config_dict(epochs=2, **{"eval.baseline": True}),
         scheduler={"type": "none"},
     )
-    plan, results = run_search(load_search_space(space_file), verbose=0)
+    plan, results = reidsearch.run_search(reidsearch.load_space(space_file), verbose=0)
     assert len(results) == 3 and not results.errors
     client, parents, children = _trial_runs(plan.tracking_uri, "e2e")
     assert len(parents) == 1 and len(children) == 3
@@ -97,15 +96,17 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path
     summary = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert len(summary) == 3 and summary[0]["score"] == max(row["score"] for row in summary)
 
-    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.results.leaderboard import format_leaderboard
 
     for child in children:  # the untrained model was scored once, before training
         assert 0 < child.data.metrics["untrained_mAP"] < 1
-    board = format_leaderboard(fetch_leaderboard(plan.tracking_uri, "e2e", top=5))
+    board = format_leaderboard(reidsearch.leaderboard(plan.tracking_uri, "e2e", top=5))
     assert "untrained model" in board and board.count("finished") == 3
 
     # --resume of the finished search re-runs nothing and adds no MLflow runs.
-    again, resumed = run_search(load_search_space(space_file), resume=True, verbose=0)
+    again, resumed = reidsearch.run_search(
+        reidsearch.load_space(space_file), resume=True, verbose=0
+    )
     assert again.experiment_dir == plan.experiment_dir
     assert len(resumed) == 3 and not resumed.errors
     _, parents_after, children_after = _trial_runs(plan.tracking_uri, "e2e")
@@ -117,8 +118,7 @@ def test_optuna_search_logs_parent_and_child_runs_to_mlflow(search_ray, tmp_path
 
 
 def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
-    from reidsearch.search.driver.search import run_search
-    from reidsearch.search.space import load_search_space
+    import reidsearch
 
     # Grid order puts the two learning configurations first; the two that cannot learn
     # (a vanishing learning rate) reach the first rung later and are cut there.
@@ -131,15 +131,15 @@ def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
         objective={"metric": "loss", "mode": "min"},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
     )
-    plan, results = run_search(load_search_space(space_file), verbose=0)
+    plan, results = reidsearch.run_search(reidsearch.load_space(space_file), verbose=0)
     epochs = {r.config["grid_point"]["optim.lr"]: r.metrics["epoch"] for r in results}
     assert epochs[3e-3] == 4 or epochs[1e-3] == 4
     assert min(epochs[1e-9], epochs[1e-10]) < 4, epochs
     _, _, children = _trial_runs(plan.tracking_uri, "asha")
     assert any(c.data.tags.get("stopped_early") == "True" for c in children)
-    from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
+    from reidsearch.search.results.leaderboard import format_leaderboard
 
-    board = fetch_leaderboard(plan.tracking_uri, "asha", top=10)
+    board = reidsearch.leaderboard(plan.tracking_uri, "asha", top=10)
     assert len(board.rows) == 4 and "stopped" in format_leaderboard(board)
     scores = [row["score"] for row in board.rows]
     assert scores == sorted(scores)  # a loss objective: lowest first
@@ -148,6 +148,7 @@ def test_asha_stops_a_bad_trial_early(search_ray, tmp_path):
 def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     import optuna
 
+    from reidsearch.internals.ray_internals import optuna_search_study
     from reidsearch.search.driver.searcher import PruneAwareOptunaSearch
 
     def space(trial):
@@ -170,7 +171,7 @@ def test_prune_aware_searcher_tells_optuna_pruned_for_early_stopped_trials():
     searcher.suggest("c")
     searcher.on_trial_result("c", {"diverged": 1.0})  # no score in it: ignored, no KeyError
     searcher.on_trial_complete("c", None, error=True)
-    states = [t.state for t in searcher._ot_study.trials]
+    states = [t.state for t in optuna_search_study(searcher).trials]
     assert states == [
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.PRUNED,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import reidsearch
 from reidsearch.config import (
     LAYOUTS,
     OBJECTIVE_METRICS,
@@ -17,7 +18,7 @@ from reidsearch.config import (
     with_overrides,
 )
 from reidsearch.errors import ConfigError
-from reidsearch.search.space import SearchSpace, load_search_space
+from reidsearch.search.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -48,7 +49,7 @@ def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
 
 
 def load_text(tmp_path: Path, text: str) -> SearchSpace:
-    return load_search_space(write(tmp_path, text))
+    return reidsearch.load_space(write(tmp_path, text))
 
 
 # --------------------------------------------------------------------------- shipped spaces
@@ -56,7 +57,7 @@ def load_text(tmp_path: Path, text: str) -> SearchSpace:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_space_loads_describes_and_resolves(name: str) -> None:
-    space = load_search_space(SPACES / f"{name}.yaml")
+    space = reidsearch.load_space(SPACES / f"{name}.yaml")
     assert space.name == name
     assert isinstance(space.fixed_config, TrialConfig)
     text = space.describe()
@@ -76,7 +77,7 @@ def test_shipped_space_loads_describes_and_resolves(name: str) -> None:
 
 
 def test_latfpp_space_matches_the_paper() -> None:
-    space = load_search_space(SPACES / "latfpp.yaml")
+    space = reidsearch.load_space(SPACES / "latfpp.yaml")
     c = space.fixed_config
     assert c.data.layout == "latfpp" and c.data.root
     assert (c.data.height, c.data.width) == (224, 224)
@@ -108,7 +109,7 @@ def test_latfpp_space_matches_the_paper() -> None:
 
 
 def test_quickstart_is_small_and_synthetic() -> None:
-    space = load_search_space(SPACES / "quickstart.yaml")
+    space = reidsearch.load_space(SPACES / "quickstart.yaml")
     c = space.fixed_config
     assert c.data.root is None and c.data.synthetic is not None
     assert (c.data.synthetic.ids, c.data.height, c.data.width) == (160, 128, 64)
@@ -121,7 +122,7 @@ def test_quickstart_is_small_and_synthetic() -> None:
 
 
 def test_table1_grid_is_the_four_loss_combinations() -> None:
-    space = load_search_space(SPACES / "table1.yaml")
+    space = reidsearch.load_space(SPACES / "table1.yaml")
     assert space.searcher == "grid"
     combos = space.grid()
     pairs = {(c["loss.label_smoothing"], c["loss.triplet_weight"]) for c in combos}
@@ -135,7 +136,7 @@ def test_table1_grid_is_the_four_loss_combinations() -> None:
 
 
 def test_defaults(tmp_path: Path) -> None:
-    space = load_search_space(write(tmp_path, "search: {}\n", name="my-search.yaml"))
+    space = reidsearch.load_space(write(tmp_path, "search: {}\n", name="my-search.yaml"))
     assert space.name == "my-search"
     assert space.searcher == "optuna" and space.metric == "mAP" and space.mode == "max"
     assert space.experiment == "my-search"
@@ -154,7 +155,7 @@ def test_scheduler_none_shorthands(tmp_path: Path, value: str) -> None:
 
 
 def test_with_data_root_replaces_synthetic_data() -> None:
-    space = load_search_space(SPACES / "quickstart.yaml")
+    space = reidsearch.load_space(SPACES / "quickstart.yaml")
     real = space.with_data_root("/data/mine")
     assert real.fixed_config.data.root == "/data/mine"
     assert real.fixed_config.data.synthetic is None
@@ -215,7 +216,7 @@ def test_resources_override_fixed_scaling(tmp_path: Path) -> None:
 
 def test_resolve_applies_dotted_overrides_and_validates(tmp_path: Path) -> None:
     path = write(tmp_path, BASE)
-    space = load_search_space(path)
+    space = reidsearch.load_space(path)
     cfg = space.resolve({"model.head": "latf", "model.lam": 2.5, "sampler.k": 6})
     assert (cfg.model.head, cfg.model.lam, cfg.sampler.k) == ("latf", 2.5, 6)
     assert cfg.model.depth == 2 and cfg.epochs == 4  # fixed settings kept
@@ -258,13 +259,13 @@ def test_with_overrides_is_the_one_way_and_names_source_where_and_key() -> None:
 
 def test_resolve_and_probes_share_the_override_errors(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "points_to_evaluate: [{model.lam: 0.5}]\n")
-    space = load_search_space(path)
+    space = reidsearch.load_space(path)
     with pytest.raises(ConfigError) as err:
         space.resolve({"model.lam": 20.0, "model.dropout": 1.0}, where="points_to_evaluate.3")
     assert str(err.value).startswith(f"{path}: points_to_evaluate.3: model.dropout: ")
     bad = write(tmp_path, "search: {model.dropout: {type: choice, values: [0.1, 1.0]}}\n", "b.yaml")
     with pytest.raises(ConfigError) as err:
-        load_search_space(bad)
+        reidsearch.load_space(bad)
     assert str(err.value).startswith(f"{bad}: search.model.dropout: value 1.0 is rejected: ")
 
 
@@ -305,7 +306,8 @@ def test_define_by_run_with_real_optuna(tmp_path: Path) -> None:
         else:
             seen_inactive = True
             assert "loss.triplet_margin" not in params
-        assert list(params) == [p.key for p in space.active(params)]
+        active = [p.key for p in space.params if p.when is None or p.when.holds(params)]
+        assert list(params) == active
         space.resolve(params)
         study.tell(trial, float(i % 7))
     assert seen_active and seen_inactive
@@ -369,7 +371,7 @@ def test_grid_respects_conditions(tmp_path: Path) -> None:
     assert len(combos) == 2 * (1 + 2)
     assert {"model.head": "latf", "loss.triplet_weight": 0.0} in combos
     assert all(("loss.triplet_margin" in c) == (c["loss.triplet_weight"] > 0) for c in combos)
-    assert space.total_trials() == 12 and space.num_samples() == 2
+    assert space.total_trials() == 12 and space.trials == 2
     assert "grid, 6 combinations x 2 trials each = 12 trials" in space.describe()
 
 
@@ -388,5 +390,6 @@ def test_word_condition(tmp_path: Path) -> None:
           model.lam: {type: uniform, low: 1, high: 2, when: "model.head == latfpp"}
         """,
     )
-    assert [p.key for p in space.active({"model.head": "latfpp"})] == ["model.head", "model.lam"]
-    assert [p.key for p in space.active({"model.head": "latf"})] == ["model.head"]
+    condition = space.param("model.lam").when
+    assert condition.holds({"model.head": "latfpp"})
+    assert not condition.holds({"model.head": "latf"})

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import reidsearch
 from reidsearch.errors import ConfigError
-from reidsearch.search.space import load_search_space
 from tests.test_space import BASE, write
 
 BAD = [
@@ -142,7 +142,7 @@ def test_malformed_space_raises_one_line_naming_file_and_key(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        load_search_space(path)
+        reidsearch.load_space(path)
     msg = str(err.value)
     assert "\n" not in msg and "Value error" not in msg
     prefix = f"{path}: {key}: " if key else f"{path}: "
@@ -153,7 +153,7 @@ def test_malformed_space_raises_one_line_naming_file_and_key(
 @pytest.mark.fault("bad_input")
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
-        load_search_space(tmp_path / "nope.yaml")
+        reidsearch.load_space(tmp_path / "nope.yaml")
 
 
 def test_import_is_light_and_malformed_space_fails_fast(tmp_path: Path) -> None:
@@ -198,4 +198,4 @@ def test_asha_settings_that_would_mislead_the_scheduler_are_rejected(tmp_path, f
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space))
     with pytest.raises(ConfigError, match=f"{path}: {key}:"):
-        load_search_space(path)
+        reidsearch.load_space(path)

@@ -36,6 +36,17 @@ __all__ = ["all_gather_with_grad", "mining_gather", "scaled_lr", "sync_batchnorm
 Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # Devices torch's SyncBatchNorm runs on (it has no CPU kernels: aten::batch_norm_stats).
 _SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+# The layers ``convert_sync_batchnorm`` converts, by their public names (torch tests their
+# private common base, ``nn.modules.batchnorm._BatchNorm``).
+_BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)
 
 
 def _distributed() -> bool:
@@ -115,7 +126,7 @@ def sync_batchnorm(model: nn.Module, cfg: DDPConfig, world_size: int) -> nn.Modu
     """
     if not cfg.sync_batchnorm or world_size == 1:
         return model
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS)]
     devices = {t.device.type for m in norms for t in (*m.parameters(), *m.buffers())}
     unsupported = devices - set(_SYNC_BN_DEVICES)
     if unsupported:

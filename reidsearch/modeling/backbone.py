@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from timm.data import resolve_data_config
 from timm.models import is_model_in_modules
 from timm.models.vision_transformer import VisionTransformer
@@ -98,8 +97,3 @@ def backbone_mean_std(
     mean = tuple(float(v) for v in cfg["mean"])
     std = tuple(float(v) for v in cfg["std"])
     return mean, std  # type: ignore[return-value]
-
-
-def backbone_tokens(backbone: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """All output tokens (B, prefix + rows*cols, D) after the final norm."""
-    return backbone.forward_features(x)

@@ -9,7 +9,6 @@ could ever run; the cluster may hold no GPU node yet (the autoscaler adds them f
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from reidsearch.config import ResourcesConfig, read_yaml
 from reidsearch.errors import ConfigError, first_line
+from reidsearch.internals.ray_internals import cluster_config_validator
 from reidsearch.search.cluster.capacity import TRIAL_DRIVER_RESOURCE
 from reidsearch.storage import is_uri
 
@@ -251,15 +251,14 @@ def _check_node_types(path: Path, provider: str, types: dict[str, Any]) -> None:
 
 def _ray_validate(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
 
+    prepare_and_validate = cluster_config_validator()
     quiet = logging.getLogger("ray.autoscaler")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:  # Ray's cli_logger prints (and may abort) while preparing: keep it off the terminal
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            config = prepare_config(copy.deepcopy(raw))
-            validate_config(config)
+            config = prepare_and_validate(raw)
     except jsonschema.ValidationError as exc:
         key = ".".join(str(part) for part in exc.absolute_path)
         raise ConfigError(f"{path}: {key + ': ' if key else ''}{exc.message}") from None

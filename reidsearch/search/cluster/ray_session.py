@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 
 from reidsearch.config import ResourcesConfig
 from reidsearch.errors import ReidSearchError, first_line
+from reidsearch.internals.ray_internals import (
+    autoscaler_cluster_config,
+    autoscaler_max_resources,
+    local_ray_address,
+)
 from reidsearch.search.cluster.capacity import (
     TRIAL_DRIVER_CPUS,
     TRIAL_DRIVER_RESOURCE,
@@ -20,10 +25,14 @@ from reidsearch.search.cluster.capacity import (
     check_one_trial_fits,
     max_concurrent_trials,
 )
+from reidsearch.search.cluster.cluster_file import (
+    ClusterFile,
+    how_many_trials_fit,
+    load_cluster_file,
+)
 from reidsearch.storage import is_uri
 
 if TYPE_CHECKING:
-    from reidsearch.search.cluster.cluster_file import ClusterFile
     from reidsearch.search.space import SearchSpace
 
 
@@ -37,11 +46,8 @@ def running_ray_address(address: str | None) -> str | None:
         return address
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    try:
-        from ray._private.services import find_bootstrap_address, find_gcs_addresses
-
-        # The newest `ray start` on this machine, if its GCS still runs (not a stale record).
-        return find_bootstrap_address(None) if find_gcs_addresses() else None
+    try:  # the newest `ray start` on this machine, if its GCS still runs (not a stale record)
+        return local_ray_address()
     except Exception:  # noqa: BLE001 - nothing found (or unreadable): start our own
         return None
 
@@ -92,10 +98,8 @@ class RayCluster:
 def _cluster_maximum() -> tuple[dict[str, float] | None, int]:
     """The autoscaler's maximum resources and node count, as Ray itself records them."""
     try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-        most = state.get_max_resources_from_cluster_config()
+        config = autoscaler_cluster_config()
+        most = autoscaler_max_resources()
     except Exception:  # noqa: BLE001 - no autoscaler (a fixed cluster) or an older Ray
         return None, 0
     if config is None or not most:
@@ -115,8 +119,6 @@ def cluster_file_path(explicit: str | None) -> Path | None:
 
 
 def _layout(cluster_file: str | None) -> ClusterFile | None:
-    from reidsearch.search.cluster.cluster_file import load_cluster_file
-
     path = cluster_file_path(cluster_file)
     if path is None:
         return None
@@ -206,8 +208,6 @@ def size_concurrency(space: SearchSpace, cluster: RayCluster, wanted: int) -> in
     driver_cpus = cluster.driver_cpus_for(scaling)
     fits = max_concurrent_trials(cluster.capacity, scaling, driver_cpus)
     if cluster.layout is not None:  # per node type: a worker cannot span two nodes
-        from reidsearch.search.cluster.cluster_file import how_many_trials_fit
-
         fits = how_many_trials_fit(cluster.layout, scaling)
         if fits == 0:
             raise ReidSearchError(

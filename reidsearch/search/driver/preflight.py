@@ -23,6 +23,10 @@ from urllib.parse import urlsplit
 
 from reidsearch.errors import ReidSearchError, first_line
 from reidsearch.redact import mask_secrets
+from reidsearch.search.cluster.cluster_file import (
+    check_trial_fits_cluster_file,
+    load_cluster_file,
+)
 from reidsearch.search.cluster.ray_session import running_ray_address
 from reidsearch.search.driver.plan import SearchPlan, check_dataset
 from reidsearch.search.results.store import default_tracking_uri
@@ -55,11 +59,6 @@ def check_cluster_file(space: SearchSpace, cluster_file: str, *, address: str | 
     """A cluster file named on the command line must be valid (found implicitly it is only a
     hint, see ``ray_session._layout``); when the search joins a cluster, a trial that no node type
     of the file could ever run is refused now rather than after Ray has started."""
-    from reidsearch.search.cluster.cluster_file import (
-        check_trial_fits_cluster_file,
-        load_cluster_file,
-    )
-
     cluster = load_cluster_file(cluster_file)
     if running_ray_address(address) is not None:  # a private local Ray ignores the file
         check_trial_fits_cluster_file(cluster, space)

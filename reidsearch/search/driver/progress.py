@@ -20,6 +20,11 @@ from typing import IO, Any
 from ray.tune import Callback
 
 from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.internals.ray_internals import (
+    driver_log_printer,
+    set_driver_log_printer,
+    trial_last_result,
+)
 from reidsearch.search.driver.trial_states import failure_reason, trial_ended
 from reidsearch.search.rules import best_first, stopped_early
 from reidsearch.search.space.trials import trial_params
@@ -106,7 +111,7 @@ class SearchProgress(Callback):
         known = self._results.get(trial.trial_id)
         if known is not None:
             return known
-        restored = getattr(getattr(trial, "run_metadata", None), "last_result", None)
+        restored = trial_last_result(trial)
         return restored if isinstance(restored, dict) else {}
 
     def _state(self, trial: Any) -> str:
@@ -315,9 +320,7 @@ def _drop_raylet_notes() -> None:
     prints it to the driver even without worker logs (``log_to_driver=False``), and it only
     says that the machine is busy. Every other raylet message (e.g. a task that cannot be
     scheduled) still prints. A no-op where Ray's internals differ."""
-    import ray._private.worker as ray_worker
-
-    original = getattr(ray_worker, "print_to_stdstream", None)
+    original = driver_log_printer()
     if original is None or getattr(original, "_reidsearch", False):
         return
 
@@ -331,7 +334,7 @@ def _drop_raylet_notes() -> None:
             original({**data, "lines": lines}, ignore_prefix)
 
     print_to_stdstream._reidsearch = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = print_to_stdstream
+    set_driver_log_printer(print_to_stdstream)
 
 
 def quiet_search_output() -> None:

@@ -14,6 +14,14 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from reidsearch.internals.ray_internals import (
+    asha_brackets,
+    asha_max_t,
+    asha_time_attr,
+    asha_trial_brackets,
+    bracket_rungs,
+    set_asha_stop_count,
+)
 from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.keys import ASHA_STATE_FILE
 from reidsearch.storage import exists, read_text, write_text
@@ -33,8 +41,8 @@ class ResumableASHA(ASHAScheduler):
     def _snapshot(self) -> dict[str, Any]:
         return {
             "brackets": [
-                [{"milestone": float(m), "recorded": dict(rec)} for m, rec in bracket._rungs]
-                for bracket in self._brackets
+                [{"milestone": float(m), "recorded": dict(rec)} for m, rec in bracket_rungs(b)]
+                for b in asha_brackets(self)
             ],
             "stopped": sorted(self._stopped),
             "bracket_of": self._bracket_of,
@@ -51,14 +59,15 @@ class ResumableASHA(ASHAScheduler):
         if not exists(self._state_path):
             return
         state = json.loads(read_text(self._state_path))
-        milestones = [[float(m) for m, _ in bracket._rungs] for bracket in self._brackets]
+        brackets = asha_brackets(self)
+        milestones = [[float(m) for m, _ in bracket_rungs(b)] for b in brackets]
         if milestones != [[rung["milestone"] for rung in b] for b in state["brackets"]]:
             raise ValueError(f"{self._state_path}: rungs do not match this scheduler")
-        for bracket, rungs in zip(self._brackets, state["brackets"], strict=True):
-            for (_, recorded), saved in zip(bracket._rungs, rungs, strict=True):
+        for bracket, rungs in zip(brackets, state["brackets"], strict=True):
+            for (_, recorded), saved in zip(bracket_rungs(bracket), rungs, strict=True):
                 recorded.update(saved["recorded"])
         self._stopped = set(state["stopped"])
-        self._num_stopped = len(self._stopped)
+        set_asha_stop_count(self, len(self._stopped))
         self._bracket_of = dict(state["bracket_of"])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -72,11 +81,10 @@ class ResumableASHA(ASHAScheduler):
         known = self._bracket_of.get(trial.trial_id)
         if known is None:
             super().on_trial_add(tune_controller, trial)
-            self._bracket_of[trial.trial_id] = self._brackets.index(
-                self._trial_info[trial.trial_id]
-            )
+            placed = asha_trial_brackets(self)[trial.trial_id]
+            self._bracket_of[trial.trial_id] = asha_brackets(self).index(placed)
         else:
-            self._trial_info[trial.trial_id] = self._brackets[known]
+            asha_trial_brackets(self)[trial.trial_id] = asha_brackets(self)[known]
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._load()
@@ -84,7 +92,8 @@ class ResumableASHA(ASHAScheduler):
             return TrialScheduler.STOP  # stopped before the driver went down: stays stopped
         before = self._recorded_count()
         action = super().on_trial_result(tune_controller, trial, result)
-        cut = action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t
+        reached = result.get(asha_time_attr(self), 0)
+        cut = action == TrialScheduler.STOP and reached < asha_max_t(self)
         if cut:  # (a trial that reached max_t is also told STOP: it has simply ended)
             self._stopped.add(trial.trial_id)
         if cut or self._recorded_count() != before:
@@ -99,7 +108,7 @@ class ResumableASHA(ASHAScheduler):
             self._save()
 
     def _recorded_count(self) -> int:
-        return sum(len(rec) for bracket in self._brackets for _, rec in bracket._rungs)
+        return sum(len(rec) for b in asha_brackets(self) for _, rec in bracket_rungs(b))
 
 
 def build_scheduler(

@@ -18,6 +18,7 @@ from reidsearch.search.cluster.ray_session import (
 )
 from reidsearch.search.driver.plan import SearchPlan, plan_search
 from reidsearch.search.driver.preflight import check_before_ray
+from reidsearch.search.driver.progress import SearchProgress, quiet_search_output
 from reidsearch.search.driver.schedulers import build_scheduler
 from reidsearch.search.driver.searcher import build_searcher
 from reidsearch.search.driver.shipping import ship_inputs
@@ -33,8 +34,6 @@ from reidsearch.storage import basename, check_writable
 def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
     if not progress:
         return []
-    from reidsearch.search.driver.progress import SearchProgress
-
     return [
         SearchProgress(
             total=space.total_trials(),
@@ -63,8 +62,6 @@ def run_search(
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
     check_before_ray(space, plan)
     if progress:
-        from reidsearch.search.driver.progress import quiet_search_output
-
         quiet_search_output()
     cluster = init_ray(
         address, num_cpus=plan.local_cpus, cluster_file=cluster_file, worker_logs=not progress

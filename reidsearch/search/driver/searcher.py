@@ -17,7 +17,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     Ray reports a stopped trial as complete with its truncated value, which TPE would then treat
     as a finished (bad) configuration. As PRUNED, TPE ranks it by the step it reached and its
-    intermediate values (reported every epoch), which is fair at any rung.
+    intermediate values (reported every epoch), which is fair at any rung. The trial is completed
+    without a result, which ``OptunaSearch`` tells Optuna as PRUNED (its public behaviour, checked
+    by ``tests/test_private_apis.py``), not reaching into its study.
     """
 
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
@@ -32,16 +34,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         epochs = None if result is None else result.get("epoch")
-        if (
-            stopped_early(epochs, self._max_epochs, failed=error)
-            and trial_id in self._ot_trials
-            and trial_id not in self._completed_trials
-        ):
-            from optuna.trial import TrialState
-
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
+        if stopped_early(epochs, self._max_epochs, failed=error):
+            result = None  # (not failed): OptunaSearch tells Optuna PRUNED for no result
         super().on_trial_complete(trial_id, result=result, error=error)
 
 

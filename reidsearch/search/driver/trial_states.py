@@ -11,6 +11,7 @@ from typing import Any
 from ray.tune import Callback
 
 from reidsearch.errors import first_line
+from reidsearch.internals.ray_internals import invalidate_trial_metadata, trial_last_result
 from reidsearch.redact import mask_secrets
 from reidsearch.search.rules import ended
 from reidsearch.search.trial.failures import user_error_behind
@@ -18,8 +19,7 @@ from reidsearch.search.trial.failures import user_error_behind
 
 def trial_ended(trial: Any) -> bool:
     """``ended`` for a Tune ``Trial`` (in a callback)."""
-    last = getattr(getattr(trial, "run_metadata", None), "last_result", None)
-    return ended(str(trial.status) == "ERROR", last)
+    return ended(str(trial.status) == "ERROR", trial_last_result(trial))
 
 
 class KeepDoneInState(Callback):
@@ -33,9 +33,7 @@ class KeepDoneInState(Callback):
     writes it afresh."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        metadata = getattr(trial, "run_metadata", None)
-        if metadata is not None:
-            metadata.invalidate_cache()
+        invalidate_trial_metadata(trial)
 
 
 def failure_reason(trial: Any) -> str:

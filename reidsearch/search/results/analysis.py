@@ -117,10 +117,15 @@ def _observed_distribution(values: list[Any]) -> Any:
 
 
 def _fits(distribution: Any, value: Any) -> bool:
+    """Whether Optuna takes ``value`` as a value of ``distribution``: ``create_trial`` checks
+    each parameter against its distribution (public, unlike ``BaseDistribution._contains``)."""
+    from optuna.trial import create_trial
+
     try:
-        return bool(distribution._contains(distribution.to_internal_repr(_choice(value))))
+        create_trial(params={"p": _choice(value)}, distributions={"p": distribution}, value=0.0)
     except (ValueError, TypeError):
         return False
+    return True
 
 
 def build_study(

@@ -33,6 +33,25 @@ class Leaderboard:
     rows: list[dict[str, Any]] = field(default_factory=list)
     untrained: dict[str, float] = field(default_factory=dict)  # mean untrained mAP per search
 
+    def to_frame(self) -> Any:
+        """The rows as a pandas DataFrame, one row per trial, best first (index: rank from 1),
+        for a notebook: ``scored`` becomes ``scored_<metric>`` columns and ``params``
+        ``searched.<key>`` columns (MLflow's names), the searched values as numbers where they
+        are numbers (MLflow keeps params as text)."""
+        import pandas as pd
+
+        flat = [
+            {
+                **{k: v for k, v in row.items() if k not in ("scored", "params")},
+                **{f"{SCORED_PREFIX}{k}": v for k, v in row["scored"].items()},
+                **{f"{SEARCHED_PREFIX}{k}": _number(v) for k, v in row["params"].items()},
+            }
+            for row in self.rows
+        ]
+        frame = pd.DataFrame(flat)
+        frame.index = pd.RangeIndex(1, len(flat) + 1, name="rank")
+        return frame
+
 
 def _row(run: Any, label: str) -> dict[str, Any]:
     metrics = dict(run.data.metrics)
@@ -196,3 +215,15 @@ def _short(value: str) -> str:
     except ValueError:
         return value
     return f"{number:.4g}"
+
+
+def _number(value: Any) -> Any:
+    """A param's text as an int or float where it is one (``"8.0"`` -> 8.0), else as it is."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value

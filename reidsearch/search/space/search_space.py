@@ -114,10 +114,6 @@ class SearchSpace:
                 return p
         raise KeyError(key)
 
-    def num_samples(self) -> int:
-        """Tune's ``num_samples``: trials for optuna; passes over the whole grid for grid."""
-        return self.trials
-
     def total_trials(self) -> int:
         """How many trials the search runs in all."""
         if self.searcher == "grid":
@@ -132,10 +128,6 @@ class SearchSpace:
         Raises ConfigError (``FILE: [where: ]key: message``) when the result is invalid.
         """
         return with_overrides(self.fixed_config, params, str(self.source), where)
-
-    def active(self, values: dict[str, Any]) -> list[ParamSpec]:
-        """The parameters whose conditions hold, given (partial) chosen values."""
-        return [p for p in self.params if p.when is None or p.when.holds(values)]
 
     # ---- searchers ---------------------------------------------------------------------
 
