@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 import reidsearch
 from reidsearch.errors import ReidSearchError
@@ -15,6 +16,7 @@ from reidsearch.search.cluster.cluster_file import load_cluster_file
 from reidsearch.search.cluster.ray_session import (
     RayCluster,
     check_shared_storage,
+    ray_cluster_from,
     size_concurrency,
 )
 
@@ -22,17 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAD_ONLY = {"CPU": 0.0, TRIAL_DRIVER_RESOURCE: 1000.0, "memory": 1e10}
 
 
+def _joined(cluster_file: Path, alive_nodes: int = 1) -> RayCluster:
+    """A joined Ray, sized as init_ray sizes it when Ray keeps no autoscaler record: by the
+    cluster file; up now: the head alone, no GPU node yet."""
+    layout = load_cluster_file(cluster_file)
+    return ray_cluster_from(joined=True, current=HEAD_ONLY, alive_nodes=alive_nodes, layout=layout)
+
+
 def _autoscaling_aws_cluster(alive_nodes: int = 1) -> RayCluster:
-    """The shipped cluster.yaml right after `ray up`: the head alone, no GPU node yet."""
-    layout = load_cluster_file(ROOT / "cluster.yaml")
-    return RayCluster(
-        joined=True,
-        current=HEAD_ONLY,
-        maximum=layout.max_resources(),
-        alive_nodes=alive_nodes,
-        max_nodes=1 + sum(layout.node_counts().values()),
-        layout=layout,
-    )
+    """The shipped cluster.yaml right after `ray up`."""
+    return _joined(ROOT / "cluster.yaml", alive_nodes)
+
+
+def test_a_head_only_cluster_file_is_one_node_and_keeps_local_storage(tmp_path):
+    """The head is counted once: a cluster file without worker types is not multi-node."""
+    space = reidsearch.load_space(ROOT / "search_spaces" / "quickstart.yaml")
+    data = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    data["available_node_types"] = {"head": data["available_node_types"]["head"]}
+    head_only = tmp_path / "head_only.yaml"
+    head_only.write_text(yaml.safe_dump(data))
+    cluster = _joined(head_only)
+    assert cluster.max_nodes == 1 and not cluster.multi_node
+    check_shared_storage(space, cluster, "/data/runs")
+    with_workers = _autoscaling_aws_cluster()  # max_workers 8 beside the head
+    assert with_workers.max_nodes == 1 + 8 and with_workers.multi_node
+    with pytest.raises(ReidSearchError, match="is a local folder"):
+        check_shared_storage(space, with_workers, "/data/runs")
 
 
 def test_a_gpu_search_starts_on_a_cluster_with_zero_gpu_nodes(capsys):

@@ -202,6 +202,7 @@ def test_export_best_takes_the_best_trial_of_the_search_from_mlflow(trained, tmp
         tags = {PARENT_TAG: parent, KIND_TAG: "trial", CHECKPOINT_TAG: str(where)}
         runs[name] = client.create_run(experiment, run_name=name, tags=tags).info.run_id
         client.log_metric(runs[name], "score", score)
+        client.set_terminated(runs[name], status="FINISHED")  # only a finished trial is best
     out = tmp_path / "best.onnx"
     args = ["export", "--best", "--tracking-uri", uri, "--out", str(out)]
     assert main([*args, "--exporter", "torchscript"]) == 0

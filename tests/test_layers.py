@@ -77,7 +77,7 @@ SHARED |= {"reidsearch.internals", "reidsearch.internals.ray_internals"}
 CORE = ("reidsearch.data", "reidsearch.modeling", "reidsearch.evaluation", "reidsearch.engine")
 ALLOWED: dict[str, tuple[str, ...]] = {
     f"{S}.keys": (),
-    f"{S}.rules": (),
+    f"{S}.rules": (f"{S}.keys",),
     f"{S}.moved": (),
     f"{S}.space": (f"{S}.keys", f"{S}.rules"),
     f"{S}.cluster": (f"{S}.keys", f"{S}.rules", f"{S}.space", f"{S}.moved"),

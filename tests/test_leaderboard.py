@@ -7,6 +7,7 @@ from reidsearch.search.results.leaderboard import (
     Leaderboard,
     format_leaderboard,
     mark_indistinguishable,
+    order_rows,
 )
 
 
@@ -58,3 +59,52 @@ def test_minimised_objective_overlap_uses_the_same_rule():
     rows = [_row("best", 0.2, 0.1, 0.3), _row("worse", 0.5, 0.31, 0.6)]
     mark_indistinguishable(rows, objective)
     assert [r["tied"] for r in rows] == [True, False]
+
+
+def test_only_a_finished_trial_can_be_best_failed_ones_go_below_marked():
+    """A trial that failed (e.g. diverged after a good epoch) keeps its score, but it is not
+    the best: it ranks below every finished one, running ones in between."""
+    objective = ObjectiveConfig(metric="rank1")
+    rows = [
+        {**_row("diverged", 0.90, 0.85, 0.95), "status": "FAILED"},
+        {**_row("running", 0.70, 0.60, 0.80), "status": "RUNNING"},
+        _row("finished", 0.60, 0.50, 0.70),
+        {**_row("stopped", 0.40, 0.30, 0.55), "stopped_early": True},
+        {**_row("unscored", 0.0, 0, 0), "score": None, "scored": {}},
+    ]
+    order_rows(rows, objective)
+    assert [r["run"] for r in rows] == ["finished", "stopped", "unscored", "running", "diverged"]
+    # Ties are judged against the best finished trial, not the failed one's higher score.
+    assert [r["tied"] for r in rows] == [True, True, False, True, False]
+    board = Leaderboard("exp", ["s-1"], objective, rows)
+    lines = format_leaderboard(board).splitlines()
+    assert lines[2].split()[1] == "60.0" and "failed" in lines[-1].split()
+
+
+def test_export_best_refuses_a_search_whose_only_scored_trial_failed(tmp_path):
+    """``best_trial`` (``export --best``) takes the best finished trial, never a failed one."""
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    import reidsearch
+    from reidsearch.errors import ReidSearchError
+    from reidsearch.search.keys import CHECKPOINT_TAG, KIND_TAG, PARENT_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("exp")
+    parent = client.create_run(experiment, tags={KIND_TAG: "search"}).info.run_id
+
+    def trial(name: str, score: float, status: str) -> None:
+        tags = {KIND_TAG: "trial", PARENT_TAG: parent, CHECKPOINT_TAG: f"/ck/{name}"}
+        run = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        client.log_metric(run, "score", score)
+        client.set_terminated(run, status=status)
+
+    trial("diverged", 0.9, "FAILED")
+    with pytest.raises(ReidSearchError, match="no finished trial has a score"):
+        reidsearch.best_trial(uri, "exp")
+    trial("finished", 0.5, "FINISHED")
+    best = reidsearch.best_trial(uri, "exp")
+    assert (best.run_name, best.score, best.checkpoint) == ("finished", 0.5, "/ck/finished")
+    assert [r["run"] for r in reidsearch.leaderboard(uri, "exp").rows] == ["finished", "diverged"]

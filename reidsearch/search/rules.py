@@ -2,13 +2,15 @@
 "stopped early" and "ended" mean.
 
 One home for each: the live progress table, the tracker, the searcher, the leaderboard, the
-parent run's table, the analyses and the CLI all apply them. Imports nothing.
+parent run's table, the analyses and the CLI all apply them. Imports only ``keys``.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from reidsearch.search.keys import FAILED_STATUS, FINISHED_STATUS
 
 
 def finite(value: Any) -> bool:
@@ -24,6 +26,14 @@ def best_first(score: float | None, mode: str) -> tuple[bool, float]:
     if score is None or not finite(score):
         return (True, 0.0)
     return (False, -float(score) if mode == "max" else float(score))
+
+
+def board_rank(status: str, score: float | None, mode: str) -> tuple[int, bool, float]:
+    """Sort key of a trial on a leaderboard: only a finished trial (MLflow status ``FINISHED``,
+    ASHA-stopped ones included) can be best, so finished trials come first, then running or
+    interrupted ones, failed ones last; best score first within each."""
+    group = {FINISHED_STATUS: 0, FAILED_STATUS: 2}.get(status, 1)
+    return (group, *best_first(score, mode))
 
 
 def stopped_early(epochs: Any, full_epochs: int | None, failed: bool = False) -> bool:

@@ -89,6 +89,10 @@ class ClusterFile:
             left -= counts[node_type.name]
         return counts
 
+    def max_nodes(self) -> int:
+        """Nodes at the maximum size, the head included (``node_counts`` already counts it)."""
+        return sum(self.node_counts().values())
+
     def max_resources(self) -> dict[str, float]:
         """Head plus workers at the maximum size (see ``node_counts`` for the rule)."""
         total: dict[str, float] = {}

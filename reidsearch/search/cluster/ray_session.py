@@ -178,20 +178,36 @@ def init_ray(
         else:
             joined = False
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    now = {k: float(v) for k, v in ray.cluster_resources().items()}
-    most, max_nodes = _cluster_maximum() if joined else (None, 0)
-    layout = _layout(cluster_file) if joined else None
+    return ray_cluster_from(
+        joined=joined,
+        current={k: float(v) for k, v in ray.cluster_resources().items()},
+        alive_nodes=sum(1 for node in ray.nodes() if node.get("Alive")),
+        recorded=_cluster_maximum() if joined else (None, 0),
+        layout=_layout(cluster_file) if joined else None,
+    )
+
+
+def ray_cluster_from(
+    *,
+    joined: bool,
+    current: dict[str, float],
+    alive_nodes: int,
+    recorded: tuple[dict[str, float] | None, int] = (None, 0),
+    layout: ClusterFile | None = None,
+) -> RayCluster:
+    """The ``RayCluster`` of what ``init_ray`` read from Ray (no Ray here, so that the sizing
+    is testable): the maximum is Ray's ``recorded`` (resources, nodes), else the cluster file's
+    (``layout``), else what is up now."""
+    most, max_nodes = recorded
     if most is None and layout is not None:
-        most = layout.max_resources()
-        max_nodes = 1 + sum(layout.node_counts().values())
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+        most, max_nodes = layout.max_resources(), layout.max_nodes()
     if most is not None:  # what is up now may exceed the config (e.g. hand-started nodes)
-        most = {k: max(most.get(k, 0.0), now.get(k, 0.0)) for k in set(most) | set(now)}
+        most = {k: max(most.get(k, 0.0), current.get(k, 0.0)) for k in set(most) | set(current)}
     return RayCluster(
         joined=joined,
-        current=now,
-        maximum=most or now,
-        alive_nodes=alive,
+        current=current,
+        maximum=most or current,
+        alive_nodes=alive_nodes,
         max_nodes=max_nodes,
         layout=layout,
     )

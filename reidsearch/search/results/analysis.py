@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from reidsearch.search.keys import FINISHED_STATUS, IMPORTANCES_FILE, LEADERBOARD_FILE
-from reidsearch.search.rules import best_first, finite, stopped_early
+from reidsearch.search.rules import board_rank, finite, stopped_early
 from reidsearch.search.space.params import ParamSpec
 
 __all__ = ["LEADERBOARD_FILE", "build_study", "leaderboard_rows", "log_search_analysis"]
@@ -67,7 +67,7 @@ def leaderboard_rows(
                 **{f"param.{key}": value for key, value in entry.get("searched", {}).items()},
             }
         )
-    rows.sort(key=lambda r: best_first(r["score"], mode))
+    rows.sort(key=lambda r: board_rank(r["status"], r["score"], mode))
     return rows
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE
 from reidsearch.errors import ReidSearchError
-from reidsearch.search.keys import CHECKPOINT_TAG
+from reidsearch.search.keys import CHECKPOINT_TAG, FINISHED_STATUS
 from reidsearch.search.results.leaderboard import fetch_leaderboard
 from reidsearch.storage import is_uri, join, local_copy
 
@@ -21,11 +21,14 @@ def checkpoint_location(train_storage: str, checkpoint_path: str) -> str:
     """A location that finds the checkpoint again from another process or machine.
 
     Ray reports a checkpoint's path inside its storage filesystem: ``bucket/prefix/...`` for
-    S3, without the scheme, so the Train storage's scheme is put back in front.
+    S3, without the scheme or the ``?query`` (e.g. an S3-compatible ``endpoint_override``), so
+    the Train storage's scheme is put back in front and its query at the end, where
+    ``storage.join`` keeps it.
     """
     if is_uri(checkpoint_path) or not is_uri(train_storage):
         return checkpoint_path
-    return f"{train_storage.split('://', 1)[0]}://{checkpoint_path}"
+    base, question, query = train_storage.partition("?")
+    return f"{base.split('://', 1)[0]}://{checkpoint_path}{question}{query}"
 
 
 @dataclass
@@ -57,8 +60,9 @@ def best_trial(tracking_uri: str, experiment: str | None, search: str | None) ->
 
     board = fetch_leaderboard(tracking_uri, experiment, search=search, top=1)
     where = f"experiment {board.experiment!r}, search {', '.join(board.searches) or '-'}"
-    if not board.rows or board.rows[0]["score"] is None:
-        raise ReidSearchError(f"{tracking_uri}: {where}: no trial has a score yet")
+    top = board.rows[0] if board.rows else None
+    if top is None or top["score"] is None or top["status"] != FINISHED_STATUS:
+        raise ReidSearchError(f"{tracking_uri}: {where}: no finished trial has a score yet")
     row = board.rows[0]
     tags = MlflowClient(tracking_uri=tracking_uri).get_run(row["run_id"]).data.tags
     location = tags.get(CHECKPOINT_TAG)

@@ -11,6 +11,7 @@ from typing import Any
 from reidsearch.config import ObjectiveConfig
 from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, interval_keys
 from reidsearch.search.keys import (
+    FINISHED_STATUS,
     KIND_TAG,
     OBJECTIVE_TAG,
     PARENT_TAG,
@@ -20,7 +21,7 @@ from reidsearch.search.keys import (
     TRIAL_TAG,
 )
 from reidsearch.search.results.searches import find_searches, search_label
-from reidsearch.search.rules import best_first
+from reidsearch.search.rules import board_rank
 
 
 @dataclass
@@ -85,9 +86,11 @@ def _interval(row: dict[str, Any], objective: ObjectiveConfig) -> tuple[float, f
 
 
 def mark_indistinguishable(rows: list[dict[str, Any]], objective: ObjectiveConfig) -> None:
-    """``tied``: the row's 95% interval of the objective's metric overlaps the best row's, so
-    the data cannot tell it apart from the best (the best row is marked too)."""
-    best = next((r for r in rows if r["score"] is not None), None)
+    """``tied``: the row's 95% interval of the objective's metric overlaps the best finished
+    row's, so the data cannot tell it apart from the best (the best row is marked too)."""
+    best = next(
+        (r for r in rows if r["score"] is not None and r["status"] == FINISHED_STATUS), None
+    )
     best_interval = _interval(best, objective) if best else None
     for row in rows:
         interval = _interval(row, objective)
@@ -97,6 +100,13 @@ def mark_indistinguishable(rows: list[dict[str, Any]], objective: ObjectiveConfi
             and interval[0] <= best_interval[1]
             and best_interval[0] <= interval[1]
         )
+
+
+def order_rows(rows: list[dict[str, Any]], objective: ObjectiveConfig) -> None:
+    """Sort in place by ``rules.board_rank`` (finished trials first: only they can be best;
+    failed ones last, where their status marks them) and mark the rows tied with the best."""
+    rows.sort(key=lambda r: (*board_rank(r["status"], r["score"], objective.mode), r["run"]))
+    mark_indistinguishable(rows, objective)
 
 
 def fetch_leaderboard(
@@ -127,8 +137,7 @@ def fetch_leaderboard(
             max_results=50_000,
         )
         rows.extend(_row(run, search_label(parent)) for run in trials)
-    rows.sort(key=lambda r: (*best_first(r["score"], objective.mode), r["run"]))
-    mark_indistinguishable(rows, objective)
+    order_rows(rows, objective)
     untrained: dict[str, list[float]] = {}
     for row in rows:
         if row["untrained_mAP"] is not None:

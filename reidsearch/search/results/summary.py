@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from reidsearch.engine.scoring import SCORE_KEY
-from reidsearch.search.keys import BEST_FILE, BEST_TRIAL_TAG
+from reidsearch.search.keys import BEST_FILE, BEST_TRIAL_TAG, FINISHED_STATUS
 from reidsearch.search.results.analysis import leaderboard_rows, log_search_analysis
 from reidsearch.search.space.params import ParamSpec
 
@@ -22,8 +22,9 @@ def log_search_summary(
     full_epochs: int,
 ) -> None:
     """``trials`` is the tracker's state per trial id (status, score, epochs, searched)."""
+    rows = leaderboard_rows(trials, mode, full_epochs)  # finished first: only they can be best
     best = next(
-        (r for r in leaderboard_rows(trials, mode, full_epochs) if r["score"] is not None), None
+        (r for r in rows if r["score"] is not None and r["status"] == FINISHED_STATUS), None
     )
     if best is not None:
         client.log_metric(parent_run_id, SCORE_KEY, best["score"])

@@ -223,7 +223,7 @@ class SearchSpace:
                 f"trial{'s' if self.trials != 1 else ''} each = {self.total_trials()} trials"
             )
         else:
-            lines.append(f"searcher: optuna TPE (seed {self.seed}), {self.trials} trials")
+            lines.append(f"searcher: {self._describe_sampler()}, {self.trials} trials")
         for i, point in enumerate(self.points_to_evaluate):
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in point.items())
             lines.append(f"  first point {i}: {shown}")
@@ -247,6 +247,12 @@ class SearchSpace:
         )
         lines.append(f"storage: {self.storage_root()}, max_failures {self.max_failures}")
         return mask_secrets("\n".join(lines))
+
+    def _describe_sampler(self) -> str:
+        """The Optuna sampler ``build_searcher`` gives the searcher (random: the baseline)."""
+        if self.searcher == "random":
+            return f"random (Optuna's RandomSampler, seed {self.seed})"
+        return f"optuna TPE (seed {self.seed})"
 
     def _describe_objective(self) -> str:
         o = self.objective

@@ -1,0 +1,33 @@
+"""``reidsearch run --dry-run``'s summary of a space names the searcher the search really uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import reidsearch
+
+SPACE = """\
+searcher: {searcher}
+trials: 3
+seed: 7
+search:
+  model.head: {{type: choice, values: [latf, latfpp]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("searcher", "line"),
+    [
+        ("optuna", "searcher: optuna TPE (seed 7), 3 trials"),
+        ("random", "searcher: random (Optuna's RandomSampler, seed 7), 3 trials"),
+        ("grid", "searcher: grid, 2 combinations x 3 trials each = 6 trials"),
+    ],
+)
+def test_describe_names_the_searcher_in_use(tmp_path: Path, searcher: str, line: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE.format(searcher=searcher))
+    text = reidsearch.load_space(path).describe()
+    assert line in text.splitlines()
+    assert ("TPE" in text) == (searcher == "optuna")
