@@ -110,10 +110,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from reidsearch.search.results.store import default_tracking_uri
-
-    uri = args.tracking_uri or default_tracking_uri()
+    from reidsearch.search.results.store import default_tracking_uri, existing_store
     from reidsearch.search.results.ui_view import search_view
+
+    uri = existing_store(args.tracking_uri or default_tracking_uri())
 
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     try:  # the newest search (or --search), as a leaderboard in the runs table

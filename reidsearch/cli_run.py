@@ -8,7 +8,10 @@ import sys
 
 from reidsearch.cli_cluster import check_run_cluster
 from reidsearch.errors import ReidSearchError
-from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
+from reidsearch.redact import (
+    MASK,
+    mask_secrets,
+)  # for what is printed; connections use the real URI
 from reidsearch.storage import data_folder
 
 
@@ -50,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if done < space.total_trials():  # Ctrl-C: Tune stopped, saved its state and returned
         print(
             f"reidsearch: search interrupted with {done} of {space.total_trials()} trials "
-            f"done; continue it with: {_resume_command(args)}",
+            f"done; {resume_advice(args)}",
             file=sys.stderr,
         )
         return 130
@@ -85,6 +88,17 @@ def _resume_command(args: argparse.Namespace) -> str:
         if value is not None:
             words += [f"--{option.replace('_', '-')}", mask_secrets(str(value))]
     return " ".join([*words, "--resume"])
+
+
+def resume_advice(args: argparse.Namespace) -> str:
+    """``continue it with: <command>``, saying so when credentials in it are masked: the line
+    is printed, so it cannot carry them, and pasted as is the command would fail."""
+    command = _resume_command(args)
+    if MASK in command:
+        return (
+            f"continue it with: {command} (fill in the {MASK} parts: credentials are not printed)"
+        )
+    return f"continue it with: {command}"
 
 
 def add_run_command(sub: argparse._SubParsersAction) -> None:

@@ -129,6 +129,17 @@ BAD = [
         "search.model.lam",
         "grid needs choice",
     ),
+    (
+        "resources: {workers: 2}\nfixed: {ddp: {sync_batchnorm: true}}\n",
+        "fixed.ddp.sync_batchnorm",
+        "GPUs only",
+    ),
+    (
+        "resources: {workers: 2, gpus_per_worker: 0}\n"
+        "search: {ddp.sync_batchnorm: {type: choice, values: [false, true]}}\n",
+        "search.ddp.sync_batchnorm",
+        "GPUs only",
+    ),
     ("name: 'a b/c'\n", "name", "letters"),
     ("- just\n- a list\n", "", "mapping"),
     ("search: {model.lam: [unclosed\n", "", "not valid YAML"),

@@ -6,6 +6,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from reidsearch.errors import ReidSearchError, first_line
 from reidsearch.redact import mask_secrets
@@ -18,7 +19,7 @@ from reidsearch.search.cluster.capacity import (
 from reidsearch.search.cluster.ray_session import running_ray_address
 from reidsearch.search.results.store import default_tracking_uri
 from reidsearch.search.space import SearchSpace
-from reidsearch.storage import exists, join, list_dirs
+from reidsearch.storage import exists, filesystem, is_uri, join, list_dirs
 
 
 @dataclass
@@ -51,15 +52,65 @@ class SearchPlan:
         return mask_secrets("\n".join(lines))
 
 
+def _stamped(space: SearchSpace) -> re.Pattern[str]:
+    """``<name>-YYYYmmdd-HHMMSS[-N]`` (not another space's ``<name>-other-...``)."""
+    return re.compile(rf"{re.escape(space.name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?")
+
+
 def latest_experiment_dir(space: SearchSpace) -> str | None:
-    """The newest ``<name>-YYYYmmdd-HHMMSS`` folder (not another space's ``<name>-other-...``)."""
-    pattern = re.compile(rf"{re.escape(space.name)}-\d{{8}}-\d{{6}}")
+    """The newest folder of this space's searches: by its time, then by its ``-N`` suffix
+    (``-10`` after ``-9``, and any after the unnumbered first of that second)."""
+    pattern = _stamped(space)
     root = space.storage_root()
     try:
-        names = [name for name in list_dirs(root) if pattern.fullmatch(name)]
+        found = [(pattern.fullmatch(name), name) for name in list_dirs(root)]
     except OSError as exc:
         raise ReidSearchError(f"{root}: storage_path: cannot list ({first_line(exc)})") from None
-    return join(root, max(names)) if names else None
+    ranked = [(m[1], int(m[2] or 1), name) for m, name in found if m]
+    return join(root, max(ranked)[2]) if ranked else None
+
+
+def new_experiment_dir(space: SearchSpace, now: float | None = None) -> str:
+    """``<storage root>/<name>-YYYYmmdd-HHMMSS``, readable and sortable; ``now`` (seconds since
+    the epoch, default the clock) lets tests fix the second. ``claim_experiment_dir`` numbers
+    it if another search took it first."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return join(space.storage_root(), f"{space.name}-{stamp}")
+
+
+def numbered(location: str, n: int) -> str:
+    """``location`` with ``-n`` on its last folder (before a URI's ``?query``); 1: itself."""
+    if n == 1:
+        return location
+    path, question, query = location.partition("?") if is_uri(location) else (location, "", "")
+    return f"{path.rstrip('/')}-{n}{question}{query}"
+
+
+def claim_experiment_dir(location: str, what: str = "storage_path") -> str:
+    """Create the new search's folder: ``location``, or ``location-2``, ``-3``... when a search
+    started in the same second (a script) has it, so that no two searches share one.
+
+    A local folder is claimed atomically (``mkdir``); a bucket has no atomic "create if absent",
+    so there a folder is taken when it exists, and the window is the one request between."""
+    n = 1
+    try:
+        while True:
+            candidate = numbered(location, n)
+            n += 1
+            if not is_uri(candidate):
+                Path(candidate).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(candidate).mkdir()
+                except FileExistsError:
+                    continue
+                return candidate
+            if not exists(candidate):
+                filesys, path = filesystem(candidate, what)
+                filesys.create_dir(path, recursive=True)
+                return candidate
+    except OSError as exc:
+        message = f"{location}: {what}: cannot create the search's folder ({first_line(exc)})"
+        raise ReidSearchError(mask_secrets(message)) from None
 
 
 def local_capacity() -> Capacity:
@@ -90,8 +141,15 @@ def check_dataset(space: SearchSpace) -> None:
 
 
 def plan_search(
-    space: SearchSpace, *, address: str | None, tracking_uri: str | None, resume: bool
+    space: SearchSpace,
+    *,
+    address: str | None,
+    tracking_uri: str | None,
+    resume: bool,
+    now: float | None = None,
 ) -> SearchPlan:
+    """The plan, without starting Ray or creating anything: a new search's folder is only
+    named here (``run_search`` claims it, numbered if taken, once Ray is up)."""
     scaling = space.fixed_config.scaling
     if resume:
         experiment_dir = latest_experiment_dir(space)
@@ -101,8 +159,7 @@ def plan_search(
                 f"{space.name!r} under {space.storage_root()}"
             )
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        experiment_dir = join(space.storage_root(), f"{space.name}-{stamp}")
+        experiment_dir = new_experiment_dir(space, now)
     uri = tracking_uri or space.mlflow.tracking_uri or default_tracking_uri()
     local_cpus = None
     max_concurrent = space.max_concurrent

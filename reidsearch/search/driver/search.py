@@ -16,7 +16,7 @@ from reidsearch.search.cluster.ray_session import (
     init_ray,
     size_concurrency,
 )
-from reidsearch.search.driver.plan import SearchPlan, plan_search
+from reidsearch.search.driver.plan import SearchPlan, claim_experiment_dir, plan_search
 from reidsearch.search.driver.preflight import check_before_ray
 from reidsearch.search.driver.progress import SearchProgress, quiet_search_output
 from reidsearch.search.driver.schedulers import build_scheduler
@@ -68,7 +68,10 @@ def run_search(
     )
     plan.max_concurrent = size_concurrency(space, cluster, plan.max_concurrent)
     check_shared_storage(space, cluster, plan.experiment_dir)
-    check_writable(plan.experiment_dir, f"{space.source}: storage_path")
+    where = f"{space.source}: storage_path"
+    if not resume:  # now, not at plan time: a search started in the same second may have it
+        plan.experiment_dir = claim_experiment_dir(plan.experiment_dir, where)
+    check_writable(plan.experiment_dir, where)
 
     fixed = space.fixed_config.model_dump()
     shipment = ship_inputs(space.fixed_config)

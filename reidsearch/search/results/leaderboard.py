@@ -21,6 +21,7 @@ from reidsearch.search.keys import (
     TRIAL_TAG,
 )
 from reidsearch.search.results.searches import find_searches, search_label
+from reidsearch.search.results.store import existing_store
 from reidsearch.search.rules import board_rank
 
 
@@ -122,7 +123,7 @@ def fetch_leaderboard(
     sorted by the objective of the newest search shown."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=existing_store(tracking_uri))
     found, shown = find_searches(client, tracking_uri, experiment, search, all_searches)
     objective = ObjectiveConfig()
     if shown and OBJECTIVE_TAG in shown[0].data.tags:

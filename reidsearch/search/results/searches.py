@@ -1,5 +1,5 @@
-"""Finding a search in MLflow: the experiment (default: the newest) and its searches' parent
-runs."""
+"""Finding a search in MLflow: the experiment (default: the newest search's) and its searches'
+parent runs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,21 @@ def _find_experiment(client: Any, tracking_uri: str, experiment: str | None) -> 
         if found is None:
             raise ReidSearchError(f"{tracking_uri}: no experiment named {experiment!r}")
         return found
+    # The experiment of the newest search (not the newest experiment: re-running an older
+    # space adds a search to an older experiment).
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    newest = (
+        client.search_runs(
+            [e.experiment_id for e in experiments],
+            filter_string=f"tags.`{KIND_TAG}` = 'search'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if experiments
+        else []
+    )
+    if newest:
+        return client.get_experiment(newest[0].info.experiment_id)
     if not experiments:
         raise ReidSearchError(
             f"{tracking_uri}: no reidsearch experiments yet (run `reidsearch run SPACE.yaml` first)"
@@ -49,8 +63,9 @@ def find_searches(
     search: str | None,
     all_searches: bool = False,
 ) -> tuple[Any, list[Any]]:
-    """The experiment (default: the newest) and the parent runs of the searches to show: the
-    newest, the one named by ``search`` (folder name or run id), or all, newest first."""
+    """The experiment (default: the one of the newest search) and the parent runs of the searches
+    to show: the newest, the one named by ``search`` (folder name or run id), or all, newest
+    first."""
     found = _find_experiment(client, tracking_uri, experiment)
     parents = client.search_runs(
         [found.experiment_id],

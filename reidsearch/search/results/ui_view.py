@@ -37,6 +37,7 @@ from reidsearch.search.keys import (
     VIEW_TAG_PREFIX,
 )
 from reidsearch.search.results.searches import find_searches, search_label
+from reidsearch.search.results.store import existing_store
 
 VIEW_KEY_PARAM = "viewStateShareKey"  # the URL parameter naming it
 WORKFLOW_PARAM, ML_WORKFLOW = "workflowType", "machine_learning"
@@ -141,10 +142,10 @@ def search_view(
     tracking_uri: str, experiment: str | None = None, search: str | None = None
 ) -> SearchView:
     """Save and return the view of ``search`` (a folder name or parent run id; default: the
-    newest search of ``experiment``, default the newest experiment), as the leaderboard picks."""
+    newest search of ``experiment``, default the newest search's), as the leaderboard picks."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=existing_store(tracking_uri))
     found, chosen = find_searches(client, tracking_uri, experiment, search)
     if not chosen:
         raise ReidSearchError(f"{tracking_uri}: experiment {found.name!r} has no search yet")

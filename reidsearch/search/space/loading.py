@@ -15,7 +15,7 @@ from reidsearch.search.space.parsing import parse_search
 from reidsearch.search.space.schema import NAME_RE, SchedulerSettings, SpaceFile, validate_part
 from reidsearch.search.space.search_space import SearchSpace
 
-__all__ = ["load_search_space"]
+__all__ = ["load_search_space", "refuse_cpu_sync_batchnorm"]
 
 # TrialConfig settings a space file sets at its top level, not under fixed:
 TOP_LEVEL_SETTINGS = ("objective", "repeats")
@@ -45,6 +45,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
     if spec.searcher == "grid":
         _check_grid(spec, params, src)
     scheduler = _check_scheduler(spec.scheduler, fixed_config, src)
+    _check_sync_batchnorm(fixed_config, params, src)
 
     space = SearchSpace(
         source=path,
@@ -109,6 +110,27 @@ def _check_scheduler(
             f"must be evaluated every epoch (period 1, not {fixed_config.eval.period})"
         )
     return scheduler.model_copy(update={"max_t": max_t})
+
+
+def refuse_cpu_sync_batchnorm(scaling: ResourcesConfig, where: str, gpus_key: str) -> None:
+    """torch's SyncBatchNorm has no CPU kernels: on CPU workers each trial would fail inside
+    its workers (and be retried ``max_failures`` times), so such a config is refused at once."""
+    if scaling.workers > 1 and scaling.gpus_per_worker == 0:
+        raise ConfigError(
+            f"{where}: torch's SyncBatchNorm runs on GPUs only, and {gpus_key} is 0 on "
+            f"{scaling.workers} workers (give the workers GPUs or turn it off)"
+        )
+
+
+def _check_sync_batchnorm(fixed_config: TrialConfig, params: list[ParamSpec], src: str) -> None:
+    """SyncBatchNorm set, or searched so that a trial may get it, on CPU workers."""
+    if fixed_config.ddp.sync_batchnorm:
+        key = "fixed.ddp.sync_batchnorm"
+    elif any(p.key == "ddp.sync_batchnorm" and p.contains(True) for p in params):
+        key = "search.ddp.sync_batchnorm"
+    else:
+        return
+    refuse_cpu_sync_batchnorm(fixed_config.scaling, f"{src}: {key}", "resources.gpus_per_worker")
 
 
 def _check_points(space: SearchSpace, src: str) -> None:
