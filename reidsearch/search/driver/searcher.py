@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -27,8 +28,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Tell Optuna the intermediate score at its epoch. ``OptunaSearch`` keys it by Tune's
+        ``training_iteration``, which a restarted trial's replayed reports inflate; by epoch, a
+        replayed epoch repeats a step Optuna already has and is ignored."""
         if self.metric in result:  # results without the objective carry no score to tell
-            super().on_trial_result(trial_id, result)
+            step = int(result.get("epoch", result.get(TRAINING_ITERATION, 0)))
+            super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

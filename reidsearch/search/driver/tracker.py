@@ -275,7 +275,11 @@ class MLflowSearchTracker(Callback):
         entry = self._trial_entry(trial)
         epoch = int(result.get("epoch", 0))
         if epoch <= entry["last_epoch"]:
-            return  # a restarted worker repeats epochs it had already reported
+            # A restarted run repeats epochs already logged: not logged again, but their score
+            # counts (the driver may have died between logging an epoch and saving this state).
+            if self._record_score(entry, result, epoch):
+                self._save_state()
+            return
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(result[key]), now, epoch)
@@ -298,13 +302,21 @@ class MLflowSearchTracker(Callback):
         if node and node not in entry.setdefault("nodes", []):
             entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
             self.client.set_tag(entry["run_id"], NODE_TAG, ",".join(entry["nodes"]))
-        if SCORE_KEY in result:
-            entry["score"] = float(result[SCORE_KEY])
-            entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
-            if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
-                entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
-                entry["score_checkpoint"] = result.get("checkpoint_path")
+        self._record_score(entry, result, epoch)
         self._save_state()
+
+    @staticmethod
+    def _record_score(entry: dict[str, Any], result: dict, epoch: int) -> bool:
+        """Keep the trial's score as of this report (and the metrics and checkpoint of the epoch
+        it comes from); False when the report carries none."""
+        if SCORE_KEY not in result:
+            return False
+        entry["score"] = float(result[SCORE_KEY])
+        entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
+        if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
+            entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
+            entry["score_checkpoint"] = result.get("checkpoint_path")
+        return True
 
     def _finish_trial(self, trial: Any, status: str, reason: str = "") -> None:
         entry = self._trial_entry(trial)
