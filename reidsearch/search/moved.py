@@ -63,6 +63,11 @@ def old_names(old: str) -> Callable[[str], Any]:
     """A module ``__getattr__`` finding the names of the old module ``old`` where they are now."""
 
     def lookup(name: str) -> Any:
+        # A package's own submodule (``from reidsearch.search.driver import preflight`` asks for
+        # the attribute first) is not an old name: say so at once, so that the import system
+        # loads just that submodule instead of every module holding the old names.
+        if old in PACKAGES_NOW and importlib.util.find_spec(f"{old}.{name}") is not None:
+            raise AttributeError(name)
         if not name.startswith("__"):
             for new in MOVED[old]:
                 module = importlib.import_module(new)
