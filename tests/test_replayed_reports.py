@@ -13,9 +13,6 @@ import pytest
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from reidsearch.config import ObjectiveConfig  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
-
 
 def test_optuna_hears_each_epoch_once_at_its_epoch_even_when_replayed():
     import reidsearch
@@ -49,25 +46,10 @@ def _result(epoch: int, score_epoch: int, score: float, **extra) -> dict:
 def test_a_replayed_epoch_the_driver_logged_but_did_not_save_keeps_its_score(tmp_path):
     from types import SimpleNamespace
 
-    from reidsearch.search.driver.tracker import MLflowSearchTracker
-
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text("name: t\n")
-
-    def tracker() -> MLflowSearchTracker:
-        return MLflowSearchTracker(
-            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-            experiment="t",
-            search_name="t",
-            experiment_dir=str(tmp_path / "search"),
-            train_storage=str(tmp_path / "search" / "train"),
-            space_file=str(space_file),
-            fixed=tiny_config_dict(epochs=4),
-            objective=ObjectiveConfig(),
-        )
+    from tests.test_tracker_resume import make_tracker as tracker
 
     trial = SimpleNamespace(trial_id="t1", config={}, status="RUNNING")
-    first = tracker()
+    first = tracker(tmp_path)
     first.setup()
     first.on_trial_start(0, [], trial)
     first.on_trial_result(0, [], trial, _result(1, 1, 0.1))
@@ -77,7 +59,7 @@ def test_a_replayed_epoch_the_driver_logged_but_did_not_save_keeps_its_score(tmp
     first.on_trial_result(0, [], trial, _result(3, 3, 0.3))  # logged to MLflow ...
     state_file.write_text(saved_at_epoch_2)  # ... but the driver died before saving its state
 
-    second = tracker()  # the resumed search's driver: MLflow has epoch 3, the state epoch 2
+    second = tracker(tmp_path)  # the resumed search's driver: MLflow has epoch 3, the state epoch 2
     second.setup()
     for epoch in (1, 2, 3):  # the restarted trial replays up to its checkpoint (epoch 3)
         second.on_trial_result(0, [], trial, _result(epoch, epoch, 0.1 * epoch, replayed=1))
