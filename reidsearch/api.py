@@ -141,11 +141,11 @@ def evaluate(
     *,
     data: str | Path | None = None,
     layout: str | None = None,
-    rerank: bool = False,
-    flip: bool = False,
+    rerank: bool | None = None,
+    flip: bool | None = None,
     feature: str | None = None,
-    no_camera: bool = False,
-    retrieval: str = "auto",
+    use_camera: bool | None = None,
+    retrieval: str | None = None,
     out: str | Path = "reidsearch_eval",
 ) -> dict[str, float]:
     """Score a checkpoint on its dataset (or ``data``), as ``reidsearch eval``: returns the
@@ -153,7 +153,8 @@ def evaluate(
     ranked-list pictures to ``out``.
 
     ``checkpoint``: a ``model.pt`` / ``checkpoint.pt`` or its folder, or a :func:`best_trial`
-    (its kept checkpoint, downloaded once when it is in s3:// / gs:// storage).
+    (its kept checkpoint, downloaded once when it is in s3:// / gs:// storage). ``rerank``,
+    ``flip``, ``use_camera`` and ``retrieval`` left None are the checkpoint's own ``eval:``.
     """
     from reidsearch.engine.run_local import evaluate_checkpoint
     from reidsearch.search.results.best_trial import BestTrial, fetch_checkpoint_file
@@ -169,7 +170,7 @@ def evaluate(
         flip=flip,
         feature=feature,
         out_dir=Path(out),
-        no_camera=no_camera,
+        use_camera=use_camera,
         retrieval=retrieval,
     )
 

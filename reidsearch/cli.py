@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flip=args.flip,
         feature=args.feature,
         out_dir=Path(args.out),
-        no_camera=args.no_camera,
+        use_camera=args.use_camera,
         retrieval=args.retrieval,
     )
     print(
@@ -160,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (overrides data.root)")
     p.add_argument("--layout", choices=LAYOUTS)
     p.add_argument("--epochs", type=int)
-    p.add_argument("--output", help="where the best model is written (default reidsearch_runs)")
+    p.add_argument(
+        "--out",
+        "--output",
+        dest="output",
+        help="folder the best model is written to (default reidsearch_runs)",
+    )
     p.add_argument("--name", help="run name (default: the config's file name)")
     p.add_argument(
         "--address",
@@ -175,23 +180,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: mAP, CMC, mINP, pictures")
-    p.add_argument("--checkpoint", required=True, help="model.pt / checkpoint.pt or its folder")
+    p.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        help="model.pt / checkpoint.pt or its folder",
+    )
     p.add_argument("--data", help="dataset folder (default: the checkpoint config's dataset)")
     p.add_argument("--layout", choices=LAYOUTS)
-    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (20/6/0.3)")
-    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    # Unset evaluation settings are the checkpoint's own (its config's eval: section), so that
+    # eval re-scores a trial as its search scored it.
+    own = "(default: the checkpoint's eval.{})"
+    p.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        help=f"k-reciprocal re-ranking (20/6/0.3) {own.format('rerank')}",
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help=f"flip test-time augmentation {own.format('flip')}",
+    )
     p.add_argument("--feature", help="test-time feature of the head (default: the config's)")
     p.add_argument(
-        "--no-camera",
-        action="store_true",
-        help="keep same-camera matches (datasets without usable camera ids)",
+        "--use-camera",
+        action=argparse.BooleanOptionalAction,
+        help="drop same-camera matches; --no-use-camera (or --no-camera) keeps them, for "
+        f"datasets without usable camera ids {own.format('use_camera')}",
     )
+    p.add_argument("--no-camera", dest="use_camera", action="store_false", help=argparse.SUPPRESS)
     p.add_argument(
         "--retrieval",
         choices=RETRIEVALS,
-        default="auto",
         help="what ranks CMC/rank-k: FAISS lists or the exact counting (auto: FAISS on a GPU); "
-        "mAP/mINP are always exact",
+        f"mAP/mINP are always exact {own.format('retrieval')}",
     )
     p.add_argument("--out", default="reidsearch_eval", help="folder for the PNG pictures")
     p.set_defaults(func=cmd_eval)

@@ -95,7 +95,13 @@ def add_model_commands(sub: Any) -> None:
     p = sub.add_parser("query", help="find query images in a folder of images (FAISS top-k)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image(s)")
     p.add_argument("--gallery", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--model", required=True, help="model.pt / checkpoint.pt, or an .onnx export")
+    p.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        required=True,
+        help="model.pt / checkpoint.pt, or an .onnx export",
+    )
     p.add_argument("--top", type=int, default=10, help="matches per query")
     p.add_argument(
         "--out",

@@ -32,6 +32,7 @@ def _untrained_map(cfg) -> float:
 def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     from reidsearch.config import TrialConfig
     from reidsearch.engine.checkpoint import CHECKPOINT_FILE
+    from reidsearch.engine.scoring import KEEP_KEY
     from reidsearch.search.trial.torch_trainer import build_torch_trainer
     from tests.conftest import learnable_config_dict
 
@@ -47,7 +48,7 @@ def test_two_gloo_workers_train_and_lift_map(local_ray, tmp_path):
     best = result.metrics["score"]  # the default objective: best mAP so far
     assert best > before + 0.06 and best > 4 * before, (before, best)
     assert best == max(m["mAP"] for m in result.metrics_dataframe.to_dict("records"))
-    checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["epoch_score"])
+    checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: pair[1][KEEP_KEY])
     assert metrics["epoch"] == result.metrics["score_epoch"]  # the kept one is the score's
     with checkpoint.as_directory() as directory:
         state = torch.load(f"{directory}/{CHECKPOINT_FILE}", weights_only=True)
@@ -162,3 +163,24 @@ def test_inputs_are_prepared_once_and_shipped_through_the_object_store(
     assert received_data(shipment, other_size) is None
     assert received_weights(shipment, other_size) is None
     assert received_weights(shipment, tiny_config()) is None  # random init: nothing to ship
+
+
+def test_tied_scores_keep_the_checkpoint_of_the_scores_epoch(local_ray, tiny_config, tmp_path):
+    """Ray Train keeps the latest of equal scores; the scorer the earliest. Ranked by KEEP_KEY,
+    the kept checkpoint is the score's (an lr too small to move rank-10: every epoch ties)."""
+    from reidsearch.engine.scoring import KEEP_KEY
+    from reidsearch.search.trial.torch_trainer import build_torch_trainer
+
+    cfg = tiny_config(
+        epochs=3,
+        objective={"metric": "rank10"},
+        **{"optim.lr": 1e-9, "optim.warmup_epochs": 0},
+    )
+    result = build_torch_trainer(cfg, name="ties", storage_path=tmp_path).fit()
+    history = result.metrics_dataframe.to_dict("records")
+    assert len({m["rank10"] for m in history}) == 1, "no tie: the test does not test ties"
+    assert result.metrics["score_epoch"] == 1  # the first of the tied epochs
+    kept = {int(m["epoch"]) for _, m in result.best_checkpoints if m[KEEP_KEY] > 0}
+    assert kept == {1}
+    (path,) = [c.path for c, m in result.best_checkpoints if m[KEEP_KEY] > 0]
+    assert path.endswith("epoch_0001") and (tmp_path / "ties" / "epoch_0001").is_dir()

@@ -56,7 +56,7 @@ def test_trials_train_in_process_and_a_killed_one_resumes(search_ray, tmp_path, 
     assert sorted(starts) == [0, 2]  # the killed trial resumed from its epoch-2 checkpoint
 
 
-def test_the_checkpoint_folder_keeps_the_scored_and_the_latest(tmp_path, tiny_config) -> None:
+def test_the_checkpoint_folder_keeps_the_scored_and_the_latest(tmp_path) -> None:
     from reidsearch.search.keys import COMPLETE_MARKER as COMPLETE
     from reidsearch.search.trial.trial_process import CheckpointFolder
 
@@ -69,11 +69,13 @@ def test_the_checkpoint_folder_keeps_the_scored_and_the_latest(tmp_path, tiny_co
 
             torch.save({"epoch": self.epoch}, directory / "checkpoint.pt")
 
-    folder = CheckpointFolder(str(tmp_path / "train_x"), tiny_config())
-    for epoch, score in ((1, 0.2), (2, 0.5), (3, 0.1), (4, 0.3)):
-        folder.save(Payload(epoch), epoch, score)  # type: ignore[arg-type]
+    folder = CheckpointFolder(str(tmp_path / "train_x"))
+    # KEEP_KEY ranks: the score came from epoch 1, then from epoch 2; epochs 3 and 4 tied or
+    # fell behind it (rank 0), so epoch 2 stays with the latest.
+    for epoch, rank in ((1, 1.0), (2, 2.0), (3, 0.0), (4, 0.0)):
+        folder.save(Payload(epoch), epoch, rank)  # type: ignore[arg-type]
     assert sorted(p.name for p in (tmp_path / "train_x").iterdir()) == [
-        "epoch_0002",  # the best score
+        "epoch_0002",  # the score's epoch
         "epoch_0004",  # the latest
     ]
     (tmp_path / "train_x" / "epoch_0004" / COMPLETE).unlink()  # as if killed while writing

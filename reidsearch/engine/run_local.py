@@ -87,14 +87,17 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     layout: str | None = None,
-    rerank: bool = False,
-    flip: bool = False,
+    rerank: bool | None = None,
+    flip: bool | None = None,
     feature: str | None = None,
     out_dir: Path = Path("reidsearch_eval"),
-    no_camera: bool = False,
-    retrieval: str = "auto",
+    use_camera: bool | None = None,
+    retrieval: str | None = None,
 ) -> dict[str, float]:
-    """Rebuild the model of a checkpoint, score it on a dataset and write the pictures."""
+    """Rebuild the model of a checkpoint, score it on a dataset and write the pictures.
+
+    Evaluation settings left None are the checkpoint's own (``eval.rerank``, ``flip``,
+    ``use_camera``, ``retrieval``): a trial is re-scored as its search scored it."""
     payload = load_checkpoint(path)
     if "config" not in payload or "model" not in payload:
         raise ReidSearchError(f"{path}: not a reidsearch checkpoint (no config/model inside)")
@@ -113,12 +116,9 @@ def evaluate_checkpoint(
     model = build_model(cfg.model, payload["num_classes"], (cfg.data.height, cfg.data.width))
     model.load_state_dict(payload["model"])
     model.to(device)
-    eval_cfg = EvalConfig(
-        flip=flip,
-        rerank=rerank,
-        use_camera=not no_camera,
-        batch_size=cfg.eval.batch_size,
-        retrieval=retrieval,
+    chosen = {"flip": flip, "rerank": rerank, "use_camera": use_camera, "retrieval": retrieval}
+    eval_cfg = EvalConfig.model_validate(
+        {**cfg.eval.model_dump(), **{k: v for k, v in chosen.items() if v is not None}}
     )
     output = evaluate_model(
         model, prepared, eval_cfg, feature=cfg.model.feature, device=device, amp=cfg.amp

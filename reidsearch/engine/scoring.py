@@ -20,7 +20,11 @@ from reidsearch.evaluation.bootstrap import query_intervals
 
 SCORE_KEY = "score"  # the run's score so far (what Tune, Optuna and ASHA read)
 SCORE_EPOCH_KEY = "score_epoch"  # the epoch it comes from
-EPOCH_SCORE_KEY = "epoch_score"  # this epoch's objective value (chooses the kept checkpoint)
+EPOCH_SCORE_KEY = "epoch_score"  # this evaluated epoch's objective value
+# On evaluated epochs: the epoch when the run's score now comes from it, else 0. The kept
+# checkpoint is the one ranked highest, i.e. always the score's own epoch, also when scores tie
+# (the scorer keeps the earliest of tied epochs; ranking by the score kept the latest).
+KEEP_KEY = "checkpoint_rank"
 
 
 def interval_keys(metric: str) -> tuple[str, str]:

@@ -23,13 +23,12 @@ from reidsearch.data.augment import BatchAugment
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, save_atomic
 from reidsearch.engine.data import PreparedData, prepare_data
 from reidsearch.engine.evaluate import (
-    SCALAR_METRICS,
     EvalOutput,
     check_leaks,
     evaluate_model,
     write_eval_pictures,
 )
-from reidsearch.engine.scoring import EPOCH_SCORE_KEY, Scorer, combine_seeds
+from reidsearch.engine.scoring import EPOCH_SCORE_KEY, KEEP_KEY, Scorer, combine_seeds
 from reidsearch.engine.seed_run import ImageSource, SeedRun, TrainingDiverged
 
 __all__ = ["CheckpointPayload", "TrainContext", "TrainingDiverged", "format_epoch", "train"]
@@ -74,9 +73,13 @@ class CheckpointPayload:
 
 def format_epoch(metrics: dict[str, float]) -> str:
     """The one-line summary of an epoch that ``reidsearch train`` prints."""
+
+    def pct(key: str) -> str:  # an epoch that was not evaluated has no retrieval metrics
+        return f"{100 * metrics[key]:5.1f}" if key in metrics else "    -"
+
     line = (
         f"epoch {int(metrics['epoch']):3d} | loss {metrics['loss']:.4f} | "
-        f"mAP {100 * metrics['mAP']:5.1f} | rank-1 {100 * metrics['rank1']:5.1f} | "
+        f"mAP {pct('mAP')} | rank-1 {pct('rank1')} | "
         f"{metrics['images_per_s']:8.1f} img/s | lr {metrics['lr']:.2e}"
     )
     if "score" in metrics:
@@ -209,7 +212,8 @@ def train(
     # Trial start -> first training step of this run: process and process-group start, imports,
     # data, model (what a short trial pays on top of its epochs); reported with its first epoch.
     startup = {} if ctx.started_at is None else {"startup_s": time.time() - ctx.started_at}
-    metrics: dict[str, float] = {}
+    # A run resumed at its last epoch trains nothing more: its result is its last report.
+    metrics: dict[str, float] = dict(resume["metrics"]) if resume is not None else {}
     for epoch in range(start_epoch, cfg.epochs):
         sums = torch.zeros(3, device=device)
         seen, started = 0, time.perf_counter()
@@ -225,6 +229,11 @@ def train(
             )
             sums += run_sums / len(runs)
             seen += run_seen
+        if (
+            ctx.world_size > 1 and dist.is_initialized()
+        ):  # the epoch's loss over every rank's batches, not rank 0's
+            dist.all_reduce(sums)
+            sums /= ctx.world_size
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
@@ -237,7 +246,10 @@ def train(
             last_eval, eval_outputs = _evaluate(runs, data, cfg, device, source)
             last_eval["loss"] = float(sums[0])
             scored_here = scorer.update(epoch + 1, last_eval)
-            epoch_score = {EPOCH_SCORE_KEY: scorer.value(last_eval)}
+            epoch_score = {
+                EPOCH_SCORE_KEY: scorer.value(last_eval),
+                KEEP_KEY: float(epoch + 1 if scored_here else 0),
+            }
 
         loss_mean, ce_mean, triplet_mean = sums.tolist()
         metrics = {
@@ -249,8 +261,9 @@ def train(
             "images_per_s": seen * ctx.world_size / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
             "trainable_blocks": n_trainable,
-            **dict.fromkeys(SCALAR_METRICS, 0.0),  # until the first evaluation
-            **{key: value for key, value in last_eval.items() if key != "loss"},
+            # Retrieval metrics only on the epochs evaluated: no zeros before the first
+            # evaluation, no stale copies after it. The score so far is on every epoch after it.
+            **({k: v for k, v in last_eval.items() if k != "loss"} if eval_outputs else {}),
             **epoch_score,
             **scorer.report(),
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint

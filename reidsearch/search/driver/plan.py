@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidsearch.errors import ReidSearchError, first_line
@@ -17,6 +17,7 @@ from reidsearch.search.cluster.capacity import (
     max_concurrent_trials,
 )
 from reidsearch.search.cluster.ray_session import running_ray_address
+from reidsearch.search.driver.search_record import continue_where_started
 from reidsearch.search.results.store import default_tracking_uri
 from reidsearch.search.space import SearchSpace
 from reidsearch.storage import exists, filesystem, is_uri, join, list_dirs
@@ -32,6 +33,7 @@ class SearchPlan:
     max_concurrent: int
     local_cpus: float | None  # a private embedded Ray of this size; None joins a cluster
     ray_address: str | None = None
+    notes: list[str] = field(default_factory=list)  # said before the search starts
 
     @property
     def train_storage(self) -> str:
@@ -49,7 +51,7 @@ class SearchPlan:
             lines.append(f"local ray      : {self.local_cpus:g} logical CPUs")
         else:
             lines.append(f"ray cluster    : {self.ray_address}")
-        return mask_secrets("\n".join(lines))
+        return mask_secrets("\n".join([*lines, *self.notes]))
 
 
 def _stamped(space: SearchSpace) -> re.Pattern[str]:
@@ -160,7 +162,11 @@ def plan_search(
             )
     else:
         experiment_dir = new_experiment_dir(space, now)
-    uri = tracking_uri or space.mlflow.tracking_uri or default_tracking_uri()
+    chosen_uri = tracking_uri or space.mlflow.tracking_uri
+    uri = chosen_uri or default_tracking_uri()
+    experiment, notes = space.experiment, []
+    if resume:  # where the search was started: its tracker logs there whatever we say
+        uri, experiment, notes = continue_where_started(experiment_dir, space, uri, chosen_uri)
     local_cpus = None
     max_concurrent = space.max_concurrent
     ray_address = running_ray_address(address)
@@ -175,8 +181,9 @@ def plan_search(
     return SearchPlan(
         experiment_dir=experiment_dir,
         tracking_uri=uri,
-        experiment=space.experiment,
+        experiment=experiment,
         max_concurrent=max_concurrent,
         local_cpus=local_cpus,
         ray_address=ray_address,
+        notes=notes,
     )

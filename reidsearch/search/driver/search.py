@@ -6,6 +6,7 @@ trials early, and the MLflow callback records everything from this driver proces
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray import tune
@@ -20,6 +21,7 @@ from reidsearch.search.driver.plan import SearchPlan, claim_experiment_dir, plan
 from reidsearch.search.driver.preflight import check_before_ray
 from reidsearch.search.driver.progress import SearchProgress, quiet_search_output
 from reidsearch.search.driver.schedulers import build_scheduler
+from reidsearch.search.driver.search_record import write_search_record
 from reidsearch.search.driver.searcher import build_searcher
 from reidsearch.search.driver.shipping import ship_inputs
 from reidsearch.search.driver.tracker import MLflowSearchTracker
@@ -60,6 +62,8 @@ def run_search(
     ``progress`` prints a compact live report (``progress.SearchProgress``) instead of Tune's
     tables (``verbose``) and the Ray workers' log lines."""
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
+    for note in plan.notes:
+        print(f"reidsearch: {note}", flush=True)
     check_before_ray(space, plan)
     if progress:
         quiet_search_output()
@@ -72,6 +76,8 @@ def run_search(
     if not resume:  # now, not at plan time: a search started in the same second may have it
         plan.experiment_dir = claim_experiment_dir(plan.experiment_dir, where)
     check_writable(plan.experiment_dir, where)
+    if not resume:
+        write_search_record(plan.experiment_dir, plan.tracking_uri, plan.experiment, space)
 
     fixed = space.fixed_config.model_dump()
     shipment = ship_inputs(space.fixed_config)
@@ -129,7 +135,7 @@ def run_search(
                 mode=space.objective.mode,
                 search_alg=build_searcher(space, plan.max_concurrent),
                 scheduler=build_scheduler(
-                    space.scheduler.type,
+                    space.scheduler,
                     experiment_dir=plan.experiment_dir,
                     max_t=space.scheduler.max_t or space.fixed_config.epochs,
                     grace_period=space.scheduler.grace_period,
@@ -141,4 +147,8 @@ def run_search(
             ),
             run_config=run_config,
         )
+    # Epochs between evaluations (``eval.period`` > 1) report training metrics without a score;
+    # Tune would refuse such a result. Every consumer here (searcher, schedulers, tracker)
+    # reads the score only where it is (Ray's documented switch for that).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return plan, tuner.fit()

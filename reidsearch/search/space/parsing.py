@@ -40,6 +40,12 @@ NOT_SEARCHABLE = {
     "scaling": "set per-trial resources under resources:",
     "objective": "every trial is scored alike; set it with the top-level objective: key",
     "repeats": "every trial is scored alike; set it with the top-level repeats: key",
+    # A trial's length is the budget the schedulers and the searcher compare trials at: a
+    # trial with fewer epochs would read as stopped early (and be told to Optuna as pruned).
+    "epochs": "every trial runs the same epochs (the budget trials are compared at); set "
+    "fixed.epochs, and let the scheduler stop trials early",
+    "eval.period": "every trial is evaluated at the same epochs (what the schedulers "
+    "compare); set fixed.eval.period",
 }
 
 
@@ -54,8 +60,8 @@ def parse_search(search: dict[str, Any], src: str, fixed: TrialConfig) -> list[P
         types = setting_types(key)
         if types is None:
             raise ConfigError(f"{src}: {where}: unknown key (not a TrialConfig setting)")
-        section = key.split(".")[0]
-        if section in NOT_SEARCHABLE:
+        section = next((k for k in (key, key.split(".")[0]) if k in NOT_SEARCHABLE), None)
+        if section is not None:
             raise ConfigError(f"{src}: {where}: not searchable: {NOT_SEARCHABLE[section]}")
         if any(isinstance(t, type) and issubclass(t, BaseModel) for t in types):
             raise ConfigError(f"{src}: {where}: a group of settings; search its fields instead")

@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from reidsearch.engine.scoring import EPOCH_SCORE_KEY
+from reidsearch.engine.scoring import KEEP_KEY
 from reidsearch.engine.trainer import (
     CheckpointPayload,
     TrainContext,
@@ -97,16 +97,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
-def _kept_checkpoint(cfg: TrialConfig) -> CheckpointConfig:
-    """Keep the checkpoint of the epoch the run's score comes from: the best-scoring epoch for
-    ``reduce: best``, the latest evaluated one for ``reduce: last`` (Ray keeps the latest too,
-    for resuming)."""
-    if cfg.objective.reduce == "last":
-        return CheckpointConfig(num_to_keep=1)
+def _kept_checkpoint() -> CheckpointConfig:
+    """Keep the checkpoint of the epoch the run's score comes from (the highest ``KEEP_KEY``:
+    the best-scoring epoch for ``reduce: best``, the latest evaluated one for ``reduce: last``,
+    the earliest of tied ones as the scorer chooses). Ray keeps the latest too, for resuming."""
     return CheckpointConfig(
-        num_to_keep=1,
-        checkpoint_score_attribute=EPOCH_SCORE_KEY,
-        checkpoint_score_order=cfg.objective.mode,
+        num_to_keep=1, checkpoint_score_attribute=KEEP_KEY, checkpoint_score_order="max"
     )
 
 
@@ -143,7 +139,7 @@ def build_torch_trainer(
             name=name,
             storage_path=absolute(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=_kept_checkpoint(cfg),
+            checkpoint_config=_kept_checkpoint(),
             callbacks=callbacks,
         ),
     )

@@ -29,7 +29,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from reidsearch.engine.scoring import EPOCH_SCORE_KEY
+from reidsearch.engine.scoring import KEEP_KEY
 from reidsearch.engine.trainer import CheckpointPayload, TrainContext
 from reidsearch.search.keys import COMPLETE_MARKER, NODE_KEY
 from reidsearch.search.trial.drills import crash_once
@@ -40,10 +40,8 @@ from reidsearch.storage import filesystem, join, list_dirs
 class CheckpointFolder:
     """The epoch checkpoints of one trial, in storage (local folder or bucket)."""
 
-    def __init__(self, run_dir: str, cfg: TrialConfig) -> None:
+    def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
-        self.keep_best = cfg.objective.reduce == "best"
-        self.maximise = cfg.objective.mode == "max"
         self.filesystem, self.root = filesystem(run_dir)
 
     def _complete(self) -> list[str]:
@@ -70,14 +68,15 @@ class CheckpointFolder:
             _fetch(self.filesystem, remote, local_file)
             return load_checkpoint(local_file), path
 
-    def save(self, payload: CheckpointPayload, epoch: int, score: float | None) -> str:
-        """Write an epoch's checkpoint, then drop the ones neither scored nor latest."""
+    def save(self, payload: CheckpointPayload, epoch: int, rank: float | None) -> str:
+        """Write an epoch's checkpoint, then drop all but the latest and the one ranked highest
+        (``KEEP_KEY``: the epoch the run's score comes from)."""
         from pyarrow import fs
 
         path = posixpath.join(self.root, checkpoint_dir_name(epoch))
         with tempfile.TemporaryDirectory() as local:
             payload.write(Path(local))
-            (Path(local) / COMPLETE_MARKER).write_text(json.dumps({"score": score}))
+            (Path(local) / COMPLETE_MARKER).write_text(json.dumps({"rank": rank}))
             self.filesystem.create_dir(path, recursive=True)
             for file in sorted(Path(local).iterdir(), key=lambda p: p.name == COMPLETE_MARKER):
                 fs.copy_files(
@@ -91,22 +90,17 @@ class CheckpointFolder:
 
     def _prune(self, latest: str) -> None:
         names = self._complete()
-        keep = {latest}
-        if self.keep_best:
-            scored = [(self._score(name), name) for name in names]
-            scored = [(s, n) for s, n in scored if s is not None]
-            if scored:
-                pick = max if self.maximise else min
-                keep.add(pick(scored, key=lambda item: (item[0], item[1]))[1])
+        ranked = [(rank, name) for name in names if (rank := self._rank(name)) is not None]
+        keep = {latest, *([max(ranked)[1]] if ranked else [])}
         for name in names:
             if name not in keep:
                 self.filesystem.delete_dir(posixpath.join(self.root, name))
 
-    def _score(self, name: str) -> float | None:
+    def _rank(self, name: str) -> float | None:
         with self.filesystem.open_input_stream(
             posixpath.join(self.root, name, COMPLETE_MARKER)
         ) as f:
-            return json.loads(f.read().decode()).get("score")
+            return json.loads(f.read().decode()).get("rank")
 
 
 def _fetch(filesys: Any, path: str, local: Path) -> None:
@@ -134,7 +128,7 @@ def run_in_trial(
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     ctx = TrainContext(device=device, started_at=started_at)
-    folder = CheckpointFolder(join(train_storage, run_name), cfg)
+    folder = CheckpointFolder(join(train_storage, run_name))
     node = ray.get_runtime_context().get_node_id()
 
     def send(metrics: dict[str, Any]) -> None:
@@ -143,7 +137,7 @@ def run_in_trial(
     def report(metrics: dict[str, float], payload: CheckpointPayload | None) -> None:
         path = None
         if payload is not None:
-            path = folder.save(payload, int(metrics["epoch"]), metrics.get(EPOCH_SCORE_KEY))
+            path = folder.save(payload, int(metrics["epoch"]), metrics.get(KEEP_KEY))
         send({**metrics, CHECKPOINT_PATH_KEY: path})
         crash_once(fault, int(metrics["epoch"]), 0)
 
