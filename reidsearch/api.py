@@ -43,13 +43,15 @@ def run_search(
     verbose: int = 0,
     progress: bool = False,
     cluster_file: str | None = None,
+    trials: int | None = None,
 ) -> tuple[SearchPlan, tune.ResultGrid]:
     """Run (or ``resume``) a search, as ``reidsearch run``: returns its plan (``tracking_uri``,
     ``experiment``, ``experiment_dir``) and Tune's results.
 
     ``address``: a Ray cluster (default: the Ray running on this machine, else an embedded one;
     ``"local"`` always a private one). ``progress`` prints the compact live table, ``verbose``
-    Tune's own output instead.
+    Tune's own output instead. ``trials`` overrides the space's ``trials``; with ``resume`` it
+    raises a search's total (finished or not) to that many.
     """
     from reidsearch.search.driver.search import run_search as run
 
@@ -63,6 +65,7 @@ def run_search(
         verbose=verbose,
         progress=progress,
         cluster_file=cluster_file,
+        trials=trials,
     )
 
 

@@ -23,6 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = space.with_data_root(data_folder(args.data))
     if args.storage is not None:
         space = dataclasses.replace(space, storage_path=args.storage)
+    if args.trials is not None and not args.resume:
+        space = dataclasses.replace(space, trials=args.trials)
     if args.cluster is not None:  # before Ray starts (the driver checks it once Ray is up)
         check_run_cluster(space, args)
     if args.dry_run:
@@ -43,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         resume=args.resume,
         cluster_file=args.cluster,
+        trials=args.trials,
         verbose=1 if args.verbose else 0,
         progress=not args.verbose,
     )
@@ -120,6 +123,12 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         "s3:// / gs:// URI on a cluster of several nodes",
     )
     p.add_argument("--resume", action="store_true", help="resume the latest run of this space")
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="how many trials in all (overrides trials:); with --resume, raises the search's "
+        "total to this many, finished or not: the searcher continues from what it learned",
+    )
     p.add_argument(
         "--cluster",
         help="the cluster file, to size concurrency by the cluster's maximum size (default: "

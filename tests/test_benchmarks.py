@@ -5,6 +5,7 @@ bench_faults and gpu_check have their own tests (test_bench_faults.py, test_gpu_
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,12 @@ def test_bench_synth_cache_smallest() -> None:
     out = _run(
         "bench_synth_cache.py", "--ids", "4", "--images-per-camera", "2", "--size", "32", "16"
     )
-    assert "img/s" in out or "images/s" in out
+    generated = re.search(r"generate market1501: (\d+) images", out)
+    parsed = re.search(r"parse: (\d+) rows", out)
+    assert generated and parsed, out
+    assert int(parsed[1]) == int(generated[1]) > 0  # the parser found every image written
+    rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,.]+) images/s", out)]
+    assert len(rates) == 3 and all(rate > 0 for rate in rates), out
 
 
 def test_bench_train_smallest() -> None:
@@ -50,7 +56,19 @@ def test_bench_train_smallest() -> None:
         *("--backbone", "vit_tiny_patch16_224", "--depth", "1", "--height", "32", "--width", "16"),
         *("--p", "2", "--k", "2", "--steps", "1", "--warmup", "1", "--ids", "6"),
     )
-    assert "reidsearch / model only" in out and "reidsearch / reference" in out
+    rows = {
+        name.strip(): (float(rate), float(ms))
+        for name, rate, ms in re.findall(
+            r"^(model only|reidsearch|reference.*?)\s+([\d.]+)\s+([\d.]+)", out, re.M
+        )
+    }
+    assert set(rows) == {"model only", "reidsearch", "reference (2 workers)"}, out
+    for rate, ms in rows.values():  # images/s x step time = the batch (P x K = 4 images)
+        assert rate * ms / 1000 == pytest.approx(4, rel=0.02)
+    ratio = re.search(r"reidsearch / reference: ([\d.]+)x", out)
+    assert ratio, out
+    expected = rows["reidsearch"][0] / rows["reference (2 workers)"][0]
+    assert float(ratio[1]) == pytest.approx(expected, rel=0.05)  # the ratio of the table's rows
 
 
 @pytest.mark.cluster  # starts its own local Ray (run with the other Ray-heavy tests, last)
@@ -60,7 +78,16 @@ def test_bench_startup_smallest() -> None:
         *("--trials", "1", "--epochs", "1", "--concurrent", "1", "--runners", "trial_process"),
         timeout=600,
     )
-    assert "trial_process: median start-up" in out
+    per_trial = re.findall(r"trial_process: start-up ([\d.]+) s; trial wall time ([\d.]+) s", out)
+    summary = re.search(
+        r"trial_process: median start-up ([\d.]+) s per trial of ([\d.]+) s .*whole search "
+        r"([\d.]+) s",
+        out,
+    )
+    assert len(per_trial) == 1 and summary, out  # one line per trial, and the summary
+    startup, wall, search = map(float, summary.groups())
+    assert (startup, wall) == tuple(map(float, per_trial[0]))  # the median of one trial
+    assert 0 <= startup <= wall <= search  # start-up is part of the trial, the trial of the search
 
 
 @pytest.mark.cluster  # two searches on their own local Ray
@@ -70,8 +97,31 @@ def test_bench_search_smallest() -> None:
         *("--seeds", "0", "--random-trials", "2", "--tpe-trials", "2", "--epochs", "1"),
         timeout=600,
     )
-    assert "seed 0: random best mAP" in out and "median share" in out
-    assert "random best mAP by budget: 1:" in out and "tpe_asha best mAP by budget: 1:" in out
+    curves = {
+        name: [(int(b), float(v)) for b, v in re.findall(r"(\d+):([\d.]+)", points)]
+        for name, points in re.findall(r"(\w+) best mAP by budget: (.*)", out)
+    }
+    assert set(curves) == {"random", "tpe_asha"}, out
+    for curve in curves.values():  # the best so far, at every trial-epoch of the budget
+        assert [b for b, _ in curve] == [1, 2]
+        assert all(a[1] <= b[1] for a, b in zip(curve, curve[1:], strict=False))
+    seed = re.search(
+        r"random best mAP ([\d.]+) after 2 trial-epochs; TPE\+ASHA "
+        r"(?:reached it after (\d+) \((\d+)% of that budget\)|never reached it)",
+        out,
+    )
+    summary = re.search(r"needed to match it at 2 trial-epochs: (\S+) over 1 seed", out)
+    assert seed and summary, out
+    best, tpe = float(seed[1]), curves["tpe_asha"]
+    assert best == curves["random"][-1][1]  # random's best is its curve's end
+    # The share is where TPE's curve first reaches random's best (values printed to 0.1).
+    if seed[2] is None:
+        assert summary[1] == "inf%" and tpe[-1][1] <= best + 0.1
+    else:
+        reached = int(seed[2])
+        assert summary[1] == f"{seed[3]}%" and int(seed[3]) == round(100 * reached / 2)
+        assert tpe[reached - 1][1] >= best - 0.1
+        assert reached == 1 or tpe[reached - 2][1] <= best + 0.1
 
 
 def test_best_by_budget_counts_every_trial_epoch_in_time_order() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -104,7 +105,11 @@ def test_experiments_are_marked_as_model_training(tmp_path):
     uri, client = _store(tmp_path)
     new_id = get_or_create_experiment(client, "new", uri)
     assert client.get_experiment(new_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
-    assert EXPERIMENT_KIND == "custom_model_development"
+    # The tag and its value are what the installed MLflow UI reads (its bundled JavaScript): an
+    # MLflow that renamed either would show our experiments as GenAI ones again.
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    scripts = " ".join(p.read_text(errors="ignore") for p in bundle.glob("main.*.js"))
+    assert f'"{EXPERIMENT_KIND}"' in scripts and EXPERIMENT_KIND_TAG in scripts
 
     old_id = client.create_experiment("existing")  # made before reidsearch marked experiments
     assert EXPERIMENT_KIND_TAG not in client.get_experiment(old_id).tags

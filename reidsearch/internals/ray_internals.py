@@ -175,3 +175,20 @@ def asha_time_attr(scheduler: Any) -> str:
 def asha_max_t(scheduler: Any) -> float:
     """The progress at which ASHA ends a trial (``max_t`` of its constructor)."""
     return scheduler._max_t
+
+
+# ------------------------------------------------------------------ Tune's SearchGenerator
+
+
+def raised_search_total(state: dict[str, Any], total: int) -> dict[str, Any]:
+    """A copy of a ``SearchGenerator``'s saved state (``get_state``) that creates trials until
+    ``total`` in all (never fewer than it had): how a finished search is extended.
+
+    Private (the keys of ``SearchGenerator.get_state``): Tune takes a search's sample count
+    from its pickled state on restore and offers no way to change it (ray-project/ray issues
+    18847, 20886, 30223)."""
+    state = dict(state)
+    if total > state["total_samples"]:
+        state["total_samples"] = total
+        state["finished"] = False  # (set when the count was reached or the searcher ended)
+    return state

@@ -6,6 +6,7 @@ trials early, and the MLflow callback records everything from this driver proces
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -17,11 +18,12 @@ from reidsearch.search.cluster.ray_session import (
     init_ray,
     size_concurrency,
 )
+from reidsearch.search.driver.extend import ExtendableSearch
 from reidsearch.search.driver.plan import SearchPlan, claim_experiment_dir, plan_search
 from reidsearch.search.driver.preflight import check_before_ray
 from reidsearch.search.driver.progress import SearchProgress, quiet_search_output
 from reidsearch.search.driver.schedulers import build_scheduler
-from reidsearch.search.driver.search_record import write_search_record
+from reidsearch.search.driver.search_record import extended_trials, write_search_record
 from reidsearch.search.driver.searcher import build_searcher
 from reidsearch.search.driver.shipping import ship_inputs
 from reidsearch.search.driver.tracker import MLflowSearchTracker
@@ -47,6 +49,13 @@ def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
     ]
 
 
+def _search_alg(space: SearchSpace, plan: SearchPlan) -> ExtendableSearch | None:
+    """The space's searcher in a search that ``--resume --trials N`` can extend (a grid: None,
+    Tune enumerates it)."""
+    searcher = build_searcher(space, plan.max_concurrent)
+    return None if searcher is None else ExtendableSearch(searcher, plan.experiment_dir)
+
+
 def run_search(
     space: SearchSpace,
     *,
@@ -56,12 +65,19 @@ def run_search(
     verbose: int = 1,
     cluster_file: str | None = None,
     progress: bool = False,
+    trials: int | None = None,
 ) -> tuple[SearchPlan, tune.ResultGrid]:
     """Run (or resume) the search; returns its plan (folders, MLflow) and Tune's results.
 
     ``progress`` prints a compact live report (``progress.SearchProgress``) instead of Tune's
     tables (``verbose``) and the Ray workers' log lines."""
+    if trials is not None and not resume:
+        space = dataclasses.replace(space, trials=trials)
     plan = plan_search(space, address=address, tracking_uri=tracking_uri, resume=resume)
+    if resume:  # the total it runs to: the recorded one, or raised by ``trials``
+        space = dataclasses.replace(
+            space, trials=extended_trials(plan.experiment_dir, space, trials)
+        )
     for note in plan.notes:
         print(f"reidsearch: {note}", flush=True)
     check_before_ray(space, plan)
@@ -133,7 +149,7 @@ def run_search(
             tune_config=tune.TuneConfig(
                 metric=SCORE_KEY,
                 mode=space.objective.mode,
-                search_alg=build_searcher(space, plan.max_concurrent),
+                search_alg=_search_alg(space, plan),
                 scheduler=build_scheduler(
                     space.scheduler,
                     experiment_dir=plan.experiment_dir,

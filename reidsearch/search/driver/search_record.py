@@ -27,12 +27,68 @@ def _data(space: SearchSpace) -> str:
     return f"synthetic-{data.synthetic.layout}" if data.synthetic is not None else "none"
 
 
+def _read(experiment_dir: str) -> dict | None:
+    path = state_path(experiment_dir, SEARCH_RECORD_FILE)
+    return json.loads(read_text(path)) if exists(path) else None
+
+
+def _write(experiment_dir: str, record: dict) -> None:
+    write_text(state_path(experiment_dir, SEARCH_RECORD_FILE), json.dumps(record, indent=1))
+
+
 def write_search_record(
     experiment_dir: str, tracking_uri: str, experiment: str, space: SearchSpace
 ) -> None:
     """Recorded once, when a new search starts (the URI as used: the tracker has it too)."""
-    record = {"tracking_uri": tracking_uri, "experiment": experiment, "data": _data(space)}
-    write_text(state_path(experiment_dir, SEARCH_RECORD_FILE), json.dumps(record, indent=1))
+    _write(
+        experiment_dir,
+        {
+            "tracking_uri": tracking_uri,
+            "experiment": experiment,
+            "data": _data(space),
+            "trials": space.trials,
+        },
+    )
+
+
+def recorded_trials(experiment_dir: str) -> int | None:
+    """The search's total of trials (raised by ``--resume --trials N``), None for a search
+    started before it was recorded."""
+    record = _read(experiment_dir)
+    return None if record is None else record.get("trials")
+
+
+def extended_trials(experiment_dir: str, space: SearchSpace, trials: int | None) -> int:
+    """The total of trials a resumed search runs to, recorded: ``trials`` (``--trials``) when
+    given, else the larger of the recorded total and the space file's ``trials``. A search is
+    extended, never shortened; a grid, or a search started before totals were recorded, not
+    at all (one-line errors)."""
+    where = f"{space.source}: --trials"
+    recorded = recorded_trials(experiment_dir)
+    if recorded is None:
+        if trials is not None:
+            raise ReidSearchError(
+                f"{where}: this search was started by an older reidsearch, which did not "
+                "record its total; it cannot be extended (start a new search)"
+            )
+        return space.trials
+    if trials is None:
+        total = max(recorded, space.trials)
+    elif trials < recorded:
+        raise ReidSearchError(
+            f"{where}: {trials} is fewer than the {recorded} trials this search already has "
+            "(a search is extended, never shortened)"
+        )
+    else:
+        total = trials
+    if total != recorded and space.searcher == "grid":
+        raise ReidSearchError(
+            f"{where}: a grid search runs its combinations {recorded} time(s) and cannot be "
+            "extended (start a new search)"
+        )
+    if total != recorded:
+        _write(experiment_dir, {**_read(experiment_dir), "trials": total})
+    return total
 
 
 def continue_where_started(
@@ -43,10 +99,9 @@ def continue_where_started(
     ``tracking_uri`` is the one this command would use, ``chosen_uri`` the one the user named
     (``--tracking-uri`` or the space's ``mlflow.tracking_uri``), None for the default. A
     search started before this record existed is resumed as it is asked."""
-    path = state_path(experiment_dir, SEARCH_RECORD_FILE)
-    if not exists(path):
+    record = _read(experiment_dir)
+    if record is None:
         return tracking_uri, space.experiment, []
-    record = json.loads(read_text(path))
     where = f"{space.source}: --resume"
     if record["data"] != _data(space):
         raise ReidSearchError(
