@@ -204,6 +204,7 @@ class EvalConfig(_Strict):
     )
     batch_size: int = Field(128, ge=1)
     baseline: bool = Field(False, description="also score the untrained model (untrained_mAP)")
+    cost_gallery: int = Field(10_000, ge=0, description="cost.*: timed search's gallery; 0: none")
 
 
 class ResourcesConfig(_Strict):

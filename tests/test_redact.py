@@ -72,7 +72,7 @@ def test_uris_inside_messages_and_settings_are_masked() -> None:
 
 def test_mlflow_params_and_resolved_config_hold_no_secret() -> None:
     from reidsearch.config import TrialConfig
-    from reidsearch.search.driver.tracker import flatten_config
+    from reidsearch.search.driver.logged import flatten_config
 
     cfg = TrialConfig.model_validate(
         {"data": {"root": SECRET_URI, "layout": "market1501"}, "model": {"weights": SECRET_URI}}

@@ -66,6 +66,10 @@ def _check_kept_checkpoint(client, row: dict) -> Path:
     assert state["epoch"] == epoch and state["scored_here"]
     pictures = {a.path for a in client.list_artifacts(row["run_id"], "pictures")}
     assert "pictures/cmc.png" in pictures
+    # The trial's cost, logged once, at its score's epoch, as the checkpoint measured it.
+    for key in ("cost.feature_bytes", "cost.latency_ms"):
+        logged = [(m.step, m.value) for m in client.get_metric_history(row["run_id"], key)]
+        assert logged == [(epoch, state["metrics"][key])], key
     return kept
 
 

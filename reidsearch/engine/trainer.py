@@ -21,6 +21,7 @@ import torch.distributed as dist
 from reidsearch.config import TrialConfig
 from reidsearch.data.augment import BatchAugment
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, save_atomic
+from reidsearch.engine.cost import measure_cost
 from reidsearch.engine.data import PreparedData, prepare_data
 from reidsearch.engine.evaluate import (
     EvalOutput,
@@ -194,6 +195,7 @@ def train(
     scorer = Scorer(cfg.objective)
     last_eval: dict[str, float] = {}
     untrained: dict[str, float] = {}
+    cost: dict[str, float] = {}  # cost.*: measured at the first evaluation
     if resume is not None:
         _resume_runs(runs, resume)
         start_epoch = int(resume["epoch"])
@@ -201,6 +203,7 @@ def train(
         last_eval = dict(resume.get("last_eval", {}))
         history = list(resume.get("history", []))
         untrained = dict(resume.get("untrained", {}))
+        cost = dict(resume.get("cost", {}))
 
     leaks = 0
     if ctx.rank == 0 and resume is None:  # a search checks once, in its driver
@@ -245,6 +248,8 @@ def train(
         if is_eval_epoch and ctx.rank == 0:
             last_eval, eval_outputs = _evaluate(runs, data, cfg, device, source)
             last_eval["loss"] = float(sums[0])
+            if cfg.eval.cost_gallery and not cost:  # once: the architecture's, not the epoch's
+                cost = measure_cost(model, cfg, device)
             scored_here = scorer.update(epoch + 1, last_eval)
             epoch_score = {
                 EPOCH_SCORE_KEY: scorer.value(last_eval),
@@ -265,6 +270,7 @@ def train(
             # evaluation, no stale copies after it. The score so far is on every epoch after it.
             **({k: v for k, v in last_eval.items() if k != "loss"} if eval_outputs else {}),
             **epoch_score,
+            **(cost if eval_outputs else {}),
             **scorer.report(),
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
             "query_leaks": leaks,
@@ -289,6 +295,7 @@ def train(
                 "scored_here": scored_here,
                 "last_eval": last_eval,
                 "untrained": untrained,
+                "cost": cost,
             }
             payload = CheckpointPayload(state=state, eval_output=eval_outputs[0], data=data)
         report(metrics, payload)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,18 +52,28 @@ def faiss_topk(
     """
     q, g = _as_float32(qf), _as_float32(gf)
     k = max(0, min(int(k), g.shape[0]))
-    faiss = _faiss()
-    if faiss is None:
+    index = flat_index(g, use_gpu)
+    if index is None:
         return _torch_topk(q, g, k)
-    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    gpu = has_gpu if use_gpu is None else (use_gpu and has_gpu)
-    index = faiss.IndexFlatIP(g.shape[1])
-    if gpu:
+    if not isinstance(index, _faiss().IndexFlatIP):  # on a GPU
         k = min(k, GPU_MAX_K)
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(g)
     scores, indices = index.search(q, k)
     return scores, indices.astype(np.int64)
+
+
+def flat_index(gf: np.ndarray | torch.Tensor, use_gpu: bool | None = None) -> Any:
+    """A FAISS exact inner-product index holding the gallery rows (on a GPU where faiss has
+    one and ``use_gpu`` allows it), or None when faiss is not installed."""
+    faiss = _faiss()
+    if faiss is None:
+        return None
+    g = _as_float32(gf)
+    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    index = faiss.IndexFlatIP(g.shape[1])
+    if has_gpu if use_gpu is None else (use_gpu and has_gpu):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(g)
+    return index
 
 
 def available() -> bool:

@@ -17,16 +17,16 @@ from typing import Any
 
 from ray.tune import Callback
 
-from reidsearch.config import QUERY_METRICS, ObjectiveConfig, TrialConfig
+from reidsearch.config import ObjectiveConfig
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE
-from reidsearch.engine.scoring import (
-    EPOCH_SCORE_KEY,
-    SCORE_EPOCH_KEY,
-    SCORE_KEY,
-    interval_keys,
-    spread_key,
-)
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY
 from reidsearch.redact import mask_secrets
+from reidsearch.search.driver.logged import (
+    CHART_METRICS,
+    SCORED_METRICS,
+    cost_of,
+    flatten_config,
+)
 from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.driver.trial_states import failure_reason, trial_ended
 from reidsearch.search.keys import (
@@ -61,49 +61,6 @@ from reidsearch.search.rules import finite, stopped_early
 from reidsearch.search.space.params import ParamSpec
 from reidsearch.search.space.trials import resolve_trial
 from reidsearch.storage import exists, filesystem, join, read_text, write_text
-
-# The metrics of a trial's score epoch, logged once with SCORED_PREFIX when the trial ends.
-SCORED_METRICS = (
-    *QUERY_METRICS,
-    *(key for metric in QUERY_METRICS for key in interval_keys(metric)),
-    *(spread_key(metric) for metric in QUERY_METRICS),
-    "num_valid_queries",
-)
-# Every epoch's chart in MLflow.
-CHART_METRICS = (
-    "untrained_mAP",
-    "untrained_rank1",
-    "query_leaks",
-    "unreadable_images",
-    "epoch",
-    "loss",
-    "ce",
-    "triplet",
-    "lr",
-    "images_per_s",
-    "epoch_time_s",
-    "startup_s",  # trial start -> first training step (the first epoch of each run)
-    "trainable_blocks",
-    *SCORED_METRICS,
-    SCORE_KEY,
-    EPOCH_SCORE_KEY,
-)
-
-
-def flatten_config(config: TrialConfig) -> dict[str, str]:
-    """Every resolved setting as a dotted MLflow param (``model.lam`` -> ``8.0``), credentials
-    in URIs masked (``data.root: s3://b/x?secret_key=***``)."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, item)
-        else:
-            flat[prefix] = mask_secrets(str(value))
-
-    walk("", config.model_dump())
-    return flat
 
 
 class MLflowSearchTracker(Callback):
@@ -315,6 +272,7 @@ class MLflowSearchTracker(Callback):
         entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
         if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
             entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
+            entry["cost"] = cost_of(result)
             entry["score_checkpoint"] = result.get("checkpoint_path")
         return True
 
@@ -338,6 +296,7 @@ class MLflowSearchTracker(Callback):
                 for key, value in entry.get("scored", {}).items()
                 if finite(value)
             ]
+            scored += [Metric(key, v, now, step) for key, v in entry.get("cost", {}).items()]
             scored.append(Metric(SCORE_EPOCH_KEY, float(step), now, step))
             self.client.log_batch(run_id, metrics=scored)
             self.client.set_tag(run_id, SCORE_EPOCH_KEY, str(step))
