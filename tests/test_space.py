@@ -138,7 +138,7 @@ def test_table1_grid_is_the_four_loss_combinations() -> None:
 def test_defaults(tmp_path: Path) -> None:
     space = reidsearch.load_space(write(tmp_path, "search: {}\n", name="my-search.yaml"))
     assert space.name == "my-search"
-    assert space.searcher == "optuna" and space.metric == "mAP" and space.mode == "max"
+    assert space.searcher == "tpe" and space.metric == "mAP" and space.mode == "max"
     assert space.experiment == "my-search"
     assert space.scheduler.type == "asha" and space.scheduler.max_t == TrialConfig().epochs
     root = Path(space.storage_root())

@@ -20,7 +20,11 @@ search:
 @pytest.mark.parametrize(
     ("searcher", "line"),
     [
-        ("optuna", "searcher: optuna TPE (seed 7), 3 trials"),
+        (
+            "optuna",  # the old name of tpe
+            "searcher: tpe (Optuna's TPESampler: multivariate, constant liar for concurrent "
+            "trials, first 2 trials random, seed 7), 3 trials",
+        ),
         ("random", "searcher: random (Optuna's RandomSampler, seed 7), 3 trials"),
         ("grid", "searcher: grid, 2 combinations x 3 trials each = 6 trials"),
     ],
@@ -30,4 +34,4 @@ def test_describe_names_the_searcher_in_use(tmp_path: Path, searcher: str, line:
     path.write_text(SPACE.format(searcher=searcher))
     text = reidsearch.load_space(path).describe()
     assert line in text.splitlines()
-    assert ("TPE" in text) == (searcher == "optuna")
+    assert ("TPESampler" in text) == (searcher == "optuna")

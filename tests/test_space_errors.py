@@ -36,7 +36,7 @@ BAD = [
         "search.objective.reduce",
         "top-level objective",
     ),
-    ("scheduler: {type: hyperband}\n", "scheduler.type", "asha"),
+    ("scheduler: {type: pbt}\n", "scheduler.type", "asha"),
     ("scheduler: {type: none, grace_period: 3}\n", "scheduler.grace_period", "only used"),
     ("fixed: {epochs: 4}\nscheduler: {grace_period: 5}\n", "scheduler.grace_period", "max_t"),
     ("fixed: {model: {lam: -1}}\n", "fixed.model.lam", "greater than or equal"),

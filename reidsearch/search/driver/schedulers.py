@@ -1,4 +1,5 @@
-"""Trial schedulers of a search: ASHA whose rungs survive ``--resume``, or none (FIFO).
+"""Trial schedulers of a search: ASHA whose rungs survive ``--resume``, synchronous HyperBand,
+median stopping (``ray_schedulers``), or none (FIFO).
 
 Tune restores a search's searcher but not its scheduler (ray-project/ray issue 30838): after a
 restart ASHA would have forgotten every rung and judge the remaining trials against nothing.
@@ -22,8 +23,10 @@ from reidsearch.internals.ray_internals import (
     bracket_rungs,
     set_asha_stop_count,
 )
+from reidsearch.search.driver.ray_schedulers import EpochMedianStopping, PausingHyperBand
 from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.keys import ASHA_STATE_FILE
+from reidsearch.search.space import SchedulerSettings
 from reidsearch.storage import exists, read_text, write_text
 
 
@@ -112,16 +115,31 @@ class ResumableASHA(ASHAScheduler):
 
 
 def build_scheduler(
-    kind: str,
+    kind: str | SchedulerSettings,
     *,
     experiment_dir: str,
     max_t: int,
     grace_period: int,
     reduction_factor: float,
+    min_samples_required: int = 3,
 ) -> TrialScheduler:
-    """ASHA on epochs (not Tune iterations: a restarted worker may repeat a report), or FIFO."""
+    """The space's scheduler, on epochs (not Tune iterations: a restarted trial repeats its
+    reports): resumable ASHA, synchronous HyperBand, median stopping, or FIFO (``none``).
+    ``kind`` is the type, or the space's validated scheduler settings (which then win)."""
+    if isinstance(kind, SchedulerSettings):
+        settings = kind
+        kind = settings.type
+        max_t = settings.max_t or max_t
+        grace_period, reduction_factor = settings.grace_period, settings.reduction_factor
+        min_samples_required = settings.min_samples_required
     if kind == "none":
         return FIFOScheduler()
+    if kind == "hyperband":
+        return PausingHyperBand(max_t=max_t, reduction_factor=reduction_factor)
+    if kind == "median":
+        return EpochMedianStopping(
+            grace_period=grace_period, min_samples_required=min_samples_required
+        )
     return ResumableASHA(
         state_path=state_path(experiment_dir, ASHA_STATE_FILE),
         time_attr="epoch",

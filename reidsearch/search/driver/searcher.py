@@ -1,7 +1,10 @@
-"""The searcher: Optuna's sampler behind Tune's ``OptunaSearch``, told about early stops."""
+"""The searcher: Optuna's sampler behind Tune's ``OptunaSearch``, told about early stops
+(whichever scheduler made them), behind a concurrency limit that HyperBand's pauses do not fill.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray.tune.result import TRAINING_ITERATION
@@ -9,12 +12,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.search.driver.samplers import build_sampler
 from reidsearch.search.rules import stopped_early
 from reidsearch.search.space import SearchSpace
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial ASHA stopped early was PRUNED, not COMPLETE.
+    """OptunaSearch that tells Optuna a trial a scheduler (ASHA, HyperBand, median stopping)
+    stopped early was PRUNED, not COMPLETE.
 
     Ray reports a stopped trial as complete with its truncated value, which TPE would then treat
     as a finished (bad) configuration. As PRUNED, TPE ranks it by the step it reached and its
@@ -34,36 +39,86 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if self.metric in result:  # results without the objective carry no score to tell
             step = int(result.get("epoch", result.get(TRAINING_ITERATION, 0)))
             super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
+            self._last_scored()[trial_id] = {self.metric: result[self.metric], "epoch": step}
+
+    def _last_scored(self) -> dict[str, dict]:
+        """Trial id -> its last scored report (a searcher pickled by an older reidsearch has
+        none yet)."""
+        if not hasattr(self, "_last_reports"):
+            self._last_reports: dict[str, dict] = {}
+        return self._last_reports
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        """Tune completes a trial stopped while paused (HyperBand) without a result: then its
+        last scored report says whether it ran its full length (COMPLETE with that score) or
+        was stopped early (PRUNED)."""
+        last = self._last_scored().pop(trial_id, None)
+        if result is None and not error:
+            result = last
         epochs = None if result is None else result.get("epoch")
+        if result is not None and not error and self.metric in result:
+            # Tune does not tell the searcher the result a scheduler stops a trial at: told
+            # here, Optuna has the score of every epoch it reached (a repeat is ignored)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is already reported.*")
+                self.on_trial_result(trial_id, result)
+            self._last_scored().pop(trial_id, None)
         if stopped_early(epochs, self._max_epochs, failed=error):
             result = None  # (not failed): OptunaSearch tells Optuna PRUNED for no result
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+class PauseAwareLimiter(ConcurrencyLimiter):
+    """A ``ConcurrencyLimiter`` whose limit counts the trials that run, not the paused ones.
+
+    HyperBand pauses a trial at a milestone until its bracket is decided; Ray's limiter counts
+    a paused trial as running, so with ``max_concurrent`` below a bracket's size no bracket
+    would ever fill (each would be decided among the first ``max_concurrent`` trials, and keep
+    them all). The scheduler tells this limiter when it pauses and resumes a trial (Tune's
+    ``Searcher.on_pause``/``on_unpause``, as Ray's own BOHB scheduler does).
+    """
+
+    def __init__(self, searcher: Any, max_concurrent: int) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.paused: set[str] = set()
+
+    def has_room(self) -> bool:
+        """Whether one more trial may run (a new one, or a paused one resumed)."""
+        return len(self.live_trials) < self.max_concurrent
+
+    def on_pause(self, trial_id: str) -> None:
+        if trial_id in self.live_trials:
+            self.live_trials.discard(trial_id)
+            self.paused.add(trial_id)
+        # (not forwarded: Tune's Searcher has no on_pause; only BOHB's searcher defines one)
+
+    def on_unpause(self, trial_id: str) -> None:
+        if trial_id in self.paused:
+            self.paused.discard(trial_id)
+            self.live_trials.add(trial_id)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        self.on_unpause(trial_id)  # stopped while paused: the searcher must still hear of it
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 def build_searcher(space: SearchSpace, max_concurrent: int) -> Any:
-    """The space's searcher (None for a grid, which Tune enumerates), limited to
-    ``max_concurrent`` trials at once."""
+    """The space's searcher (None for a grid, which Tune enumerates): Optuna's sampler of
+    ``space.searcher``, limited to ``max_concurrent`` running trials."""
     if space.searcher == "grid":
         return None
-    from optuna.samplers import RandomSampler, TPESampler
-
-    # Optuna's TPE samples its first 10 trials at random; small searches would never use TPE.
-    startup = max(2, min(10, space.trials // 3))
-    sampler = (
-        RandomSampler(seed=space.seed)  # the baseline TPE is measured against (bench_search)
-        if space.searcher == "random"
-        else TPESampler(seed=space.seed, n_startup_trials=startup)
-    )
     searcher = PruneAwareOptunaSearch(
         space=space.optuna_define_by_run(),
         metric=SCORE_KEY,
         mode=space.objective.mode,
         points_to_evaluate=space.points_to_evaluate or None,
-        sampler=sampler,
+        sampler=build_sampler(space),
         max_epochs=space.trial_epochs(),
     )
+    if space.scheduler.type == "hyperband":
+        return PauseAwareLimiter(searcher, max_concurrent=max_concurrent)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

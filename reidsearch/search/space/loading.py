@@ -1,6 +1,6 @@
 """Loading a search-space file: each section validated, then the checks that span sections
-(objective and repeats against ``fixed:``, grid against distributions, ASHA against the epochs,
-``points_to_evaluate`` against the space), so a typo fails before Ray starts.
+(objective and repeats against ``fixed:``, the searcher against the distributions, the scheduler
+against the epochs, ``points_to_evaluate`` against the space), so a typo fails before Ray starts.
 """
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ from pathlib import Path
 
 from reidsearch.config import ResourcesConfig, TrialConfig, read_yaml
 from reidsearch.errors import ConfigError
+from reidsearch.search.space.choices import (
+    asha_rungs,
+    canonical_searcher,
+    check_median_trials,
+    check_scheduler,
+    check_searcher,
+)
 from reidsearch.search.space.params import ParamSpec, format_value
 from reidsearch.search.space.parsing import parse_search
-from reidsearch.search.space.schema import NAME_RE, SchedulerSettings, SpaceFile, validate_part
+from reidsearch.search.space.schema import NAME_RE, SpaceFile, validate_part
 from reidsearch.search.space.search_space import SearchSpace
 
-__all__ = ["load_search_space", "refuse_cpu_sync_batchnorm"]
+__all__ = ["asha_rungs", "load_search_space", "refuse_cpu_sync_batchnorm"]
 
 # TrialConfig settings a space file sets at its top level, not under fixed:
 TOP_LEVEL_SETTINGS = ("objective", "repeats")
@@ -42,9 +49,17 @@ def load_search_space(path: str | Path) -> SearchSpace:
     )
 
     params = parse_search(spec.search, src, fixed_config)
-    if spec.searcher == "grid":
+    searcher = canonical_searcher(spec.searcher)
+    trials = spec.trials or (1 if searcher == "grid" else 20)
+    if searcher == "grid":
         _check_grid(spec, params, src)
-    scheduler = _check_scheduler(spec.scheduler, fixed_config, src)
+    check_searcher(searcher, params, src)
+    scheduler = check_scheduler(spec.scheduler, fixed_config, src)
+    if searcher == "grid" and scheduler.type == "hyperband":
+        raise ConfigError(
+            f"{src}: scheduler.type: hyperband pauses trials, and a grid counts paused trials "
+            f"as running against max_concurrent, so no bracket would fill; use searcher random"
+        )
     _check_sync_batchnorm(fixed_config, params, src)
 
     space = SearchSpace(
@@ -54,8 +69,8 @@ def load_search_space(path: str | Path) -> SearchSpace:
         fixed=fixed,
         fixed_config=fixed_config,
         params=params,
-        searcher=spec.searcher,
-        trials=spec.trials or (1 if spec.searcher == "grid" else 20),
+        searcher=searcher,
+        trials=trials,
         max_concurrent=spec.max_concurrent,
         scheduler=scheduler,
         seed=spec.seed,
@@ -66,6 +81,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
     )
     if not space.name or not NAME_RE.match(space.name):
         raise ConfigError(f"{src}: name: {space.name!r} is not a usable search name")
+    check_median_trials(scheduler, space.total_trials(), src)
     _check_points(space, src)
     return space
 
@@ -81,35 +97,6 @@ def _check_grid(spec: SpaceFile, params: list[ParamSpec], src: str) -> None:
         raise ConfigError(
             f"{src}: points_to_evaluate: not used by searcher grid (every combination runs)"
         )
-
-
-def _check_scheduler(
-    scheduler: SchedulerSettings, fixed_config: TrialConfig, src: str
-) -> SchedulerSettings:
-    """Settings that would make ASHA mislead (compare unevaluated epochs, never reach max_t);
-    returns the scheduler with ``max_t`` filled in."""
-    if scheduler.type == "none":
-        extra = sorted(scheduler.model_fields_set - {"type"})
-        if extra:
-            raise ConfigError(f"{src}: scheduler.{extra[0]}: only used with type asha")
-        return scheduler
-    max_t = scheduler.max_t or fixed_config.epochs
-    if scheduler.grace_period > max_t:
-        raise ConfigError(
-            f"{src}: scheduler.grace_period: {scheduler.grace_period} is more than max_t "
-            f"({max_t} epochs)"
-        )
-    if max_t > fixed_config.epochs:
-        raise ConfigError(
-            f"{src}: scheduler.max_t: {max_t} is more than fixed.epochs "
-            f"({fixed_config.epochs}); no trial would reach it"
-        )
-    if fixed_config.eval.period != 1:
-        raise ConfigError(
-            f"{src}: fixed.eval.period: ASHA compares trials after every epoch, so they "
-            f"must be evaluated every epoch (period 1, not {fixed_config.eval.period})"
-        )
-    return scheduler.model_copy(update={"max_t": max_t})
 
 
 def refuse_cpu_sync_batchnorm(scaling: ResourcesConfig, where: str, gpus_key: str) -> None:

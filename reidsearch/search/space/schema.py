@@ -23,6 +23,8 @@ __all__ = [
     "IntDist",
     "LogUniformDist",
     "MlflowSettings",
+    "SCHEDULER_TYPES",
+    "SEARCHER_NAMES",
     "SchedulerSettings",
     "SpaceFile",
     "UniformDist",
@@ -37,24 +39,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SchedulerSettings(_Strict):
-    """Trial scheduler: ASHA (early stopping of bad trials) or none (every trial runs to the end).
+SCHEDULER_TYPES = ("asha", "hyperband", "median", "none")
+SEARCHER_NAMES = ("tpe", "optuna", "gp", "cmaes", "qmc", "random", "grid")  # optuna = tpe
 
-    ``max_t`` (in epochs, the ``training_iteration`` unit) defaults to ``fixed.epochs``.
+
+class SchedulerSettings(_Strict):
+    """Trial scheduler, all on epochs: ASHA (asynchronous rungs, resumable), HyperBand
+    (synchronous brackets that pause and promote), median stopping, or none (every trial runs to
+    the end). Which keys apply to which type is checked by ``space.choices``.
+
+    ``max_t`` (asha, hyperband; epochs) defaults to ``fixed.epochs``; ``grace_period`` (asha,
+    median) to 1; ``min_samples_required`` (median) to 3.
     """
 
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "hyperband", "median", "none"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_t: int | None = Field(None, ge=1)
+    min_samples_required: int = Field(3, ge=1)
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        if data is None or (isinstance(data, str) and data.lower() == "none"):
+        if data is None:
             return {"type": "none"}
-        if isinstance(data, str) and data.lower() == "asha":
-            return {"type": "asha"}
+        if isinstance(data, str) and data.lower() in SCHEDULER_TYPES:
+            return {"type": data.lower()}
         return data
 
 
@@ -74,7 +84,7 @@ class SpaceFile(_Strict):
     description: str | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Any] = Field(default_factory=dict)
-    searcher: Literal["optuna", "random", "grid"] = "optuna"
+    searcher: Literal["tpe", "optuna", "gp", "cmaes", "qmc", "random", "grid"] = "tpe"
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     repeats: int = Field(
         1,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from reidsearch.config import ObjectiveConfig, ResourcesConfig, TrialConfig, with_overrides
 from reidsearch.errors import ConfigError
 from reidsearch.redact import mask_secrets
+from reidsearch.search.space.choices import describe_sampler, describe_scheduler
 from reidsearch.search.space.params import DefineByRun, ParamSpec, format_value
 from reidsearch.search.space.schema import MlflowSettings, SchedulerSettings
 from reidsearch.storage import absolute
@@ -39,7 +40,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     fixed_config: TrialConfig
     params: list[ParamSpec]
-    searcher: Literal["optuna", "random", "grid"]
+    searcher: Literal["tpe", "gp", "cmaes", "qmc", "random", "grid"]
     trials: int
     max_concurrent: int
     scheduler: SchedulerSettings
@@ -79,9 +80,10 @@ class SearchSpace:
         return self.fixed_config.scaling
 
     def trial_epochs(self) -> int:
-        """Epochs a trial runs when no scheduler stops it (ASHA's ``max_t`` caps it)."""
+        """Epochs a trial runs when no scheduler stops it (ASHA's or HyperBand's ``max_t``
+        caps it)."""
         epochs = self.fixed_config.epochs
-        if self.scheduler.type == "asha" and self.scheduler.max_t:
+        if self.scheduler.type in ("asha", "hyperband") and self.scheduler.max_t:
             return min(epochs, self.scheduler.max_t)
         return epochs
 
@@ -228,14 +230,7 @@ class SearchSpace:
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in point.items())
             lines.append(f"  first point {i}: {shown}")
         lines.append(f"max_concurrent: {self.max_concurrent}")
-        sch = self.scheduler
-        if sch.type == "asha":
-            lines.append(
-                f"scheduler: ASHA (grace_period {sch.grace_period}, reduction_factor "
-                f"{format_value(sch.reduction_factor)}, max_t {sch.max_t})"
-            )
-        else:
-            lines.append("scheduler: none (every trial runs all epochs)")
+        lines.append(describe_scheduler(self.scheduler, self.fixed_config))
         r = self.resources
         lines.append(
             f"resources per trial: {r.workers} worker{'s' if r.workers != 1 else ''} x "
@@ -248,11 +243,14 @@ class SearchSpace:
         lines.append(f"storage: {self.storage_root()}, max_failures {self.max_failures}")
         return mask_secrets("\n".join(lines))
 
+    @property
+    def conditional(self) -> bool:
+        """Whether some parameter is searched only under a condition (``when:``)."""
+        return any(p.when is not None for p in self.params)
+
     def _describe_sampler(self) -> str:
         """The Optuna sampler ``build_searcher`` gives the searcher (random: the baseline)."""
-        if self.searcher == "random":
-            return f"random (Optuna's RandomSampler, seed {self.seed})"
-        return f"optuna TPE (seed {self.seed})"
+        return describe_sampler(self.searcher, self.seed, self.trials, self.conditional)
 
     def _describe_objective(self) -> str:
         o = self.objective
