@@ -94,6 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from reidsearch.search.results.dashboard import search_study
+    from reidsearch.search.results.store import default_tracking_uri
+
+    study = search_study(args.tracking_uri or default_tracking_uri(), args.experiment, args.search)
+    base = f"http://{args.host}:{args.port}"
+    print(f"{study.label}: its Optuna study on {study.url(base)} ({study.journal})", flush=True)
+    run_server(study.storage(), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from reidsearch.search.results.leaderboard import fetch_leaderboard, format_leaderboard
     from reidsearch.search.results.store import default_tracking_uri
@@ -239,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser(
+        "dashboard", help="start optuna-dashboard (127.0.0.1) on a search's study, live"
+    )
+    p.add_argument("--tracking-uri")
+    p.add_argument("--experiment", help="MLflow experiment (default: the newest)")
+    p.add_argument("--search", help="a search's folder name or run id (default: the newest)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("synth", help="generate a synthetic re-ID dataset in a chosen layout")
     p.add_argument("out", help="output folder")

@@ -95,6 +95,17 @@ def test_a_search_scales_out_to_worker_nodes_and_logs_to_one_server(
         )
         assert len(state["trials"]) == 4
         assert len(storage.list_dirs(storage.join(experiment_dir, "train"))) == 4
+    # The study's journal is in the bucket too: another machine (its own, empty cache) finds
+    # it through MLflow, as `reidsearch dashboard` does, with the trials' scores as values.
+    other = {**s3.env, "REIDSEARCH_CACHE": str(tmp_path.parent / "other-machine")}
+    with mock.patch.dict(os.environ, other):
+        from reidsearch.search.results.dashboard import search_study
+
+        study = search_study(mlflow_uri, "cluster-e2e", None)
+        frozen = study.storage().get_all_trials(study.storage().get_study_id_from_name(study.name))
+        values = sorted(t.value for t in frozen if t.state.name == "COMPLETE")
+        scores = sorted(t.data.metrics["score"] for t in trials)
+        assert len(values) == 4 and values == pytest.approx(scores)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]
 
     # The dataset was decoded once, by the driver: no worker node decoded or generated it.

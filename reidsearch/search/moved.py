@@ -51,7 +51,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     f"{_S}.single": (f"{_S}.driver.single_trial",),
     f"{_S}.space_loading": (f"{_S}.space.loading",),
     f"{_S}.space_schema": (f"{_S}.space.schema",),
-    f"{_S}.state_files": (f"{_S}.driver.state_files", f"{_S}.keys"),
+    f"{_S}.state_files": (f"{_S}.results.state_files", f"{_S}.keys"),
     f"{_S}.tracking": (f"{_S}.driver.tracker", f"{_S}.space.trials", f"{_S}.keys"),
     f"{_S}.tracking_uri": (f"{_S}.results.store",),
     f"{_S}.trial_outcome": (f"{_S}.trial.outcome", f"{_S}.driver.trial_states", f"{_S}.keys"),

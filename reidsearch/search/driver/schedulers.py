@@ -24,8 +24,8 @@ from reidsearch.internals.ray_internals import (
     set_asha_stop_count,
 )
 from reidsearch.search.driver.ray_schedulers import EpochMedianStopping, PausingHyperBand
-from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.keys import ASHA_STATE_FILE
+from reidsearch.search.results.state_files import state_path
 from reidsearch.search.space import SchedulerSettings
 from reidsearch.storage import exists, read_text, write_text
 

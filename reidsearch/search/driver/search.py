@@ -13,6 +13,7 @@ from typing import Any
 from ray import tune
 
 from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.internals.ray_internals import optuna_search_study
 from reidsearch.search.cluster.ray_session import (
     check_shared_storage,
     init_ray,
@@ -26,13 +27,16 @@ from reidsearch.search.driver.schedulers import build_scheduler
 from reidsearch.search.driver.search_record import extended_trials, write_search_record
 from reidsearch.search.driver.searcher import build_searcher
 from reidsearch.search.driver.shipping import ship_inputs
+from reidsearch.search.driver.study_upload import StudyUpload
 from reidsearch.search.driver.tracker import MLflowSearchTracker
 from reidsearch.search.driver.trial_states import KeepDoneInState
+from reidsearch.search.driver.warm_start import earlier_trials, warm_start_line
 from reidsearch.search.keys import GRID_KEY
+from reidsearch.search.results.study import fetch_journal
 from reidsearch.search.space import SearchSpace
 from reidsearch.search.trial.drills import crash_drill
 from reidsearch.search.trial.trainable import run_trial
-from reidsearch.storage import basename, check_writable
+from reidsearch.storage import basename, check_writable, is_uri
 
 
 def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
@@ -49,11 +53,16 @@ def _reporters(space: SearchSpace, progress: bool) -> list[Any]:
     ]
 
 
-def _search_alg(space: SearchSpace, plan: SearchPlan) -> ExtendableSearch | None:
+def _search_alg(
+    space: SearchSpace, plan: SearchPlan, earlier: list[Any]
+) -> ExtendableSearch | None:
     """The space's searcher in a search that ``--resume --trials N`` can extend (a grid: None,
     Tune enumerates it)."""
-    searcher = build_searcher(space, plan.max_concurrent)
-    return None if searcher is None else ExtendableSearch(searcher, plan.experiment_dir)
+    searcher = build_searcher(space, plan.max_concurrent, plan.experiment_dir)
+    if searcher is None:
+        return None
+    optuna_search_study(searcher.searcher).add_trials(earlier)  # warm start (before it asks)
+    return ExtendableSearch(searcher, plan.experiment_dir)
 
 
 def run_search(
@@ -78,6 +87,10 @@ def run_search(
         space = dataclasses.replace(
             space, trials=extended_trials(plan.experiment_dir, space, trials)
         )
+    earlier: list[Any] = []
+    if space.warm_start and not resume:  # read (and checked) before Ray starts
+        earlier, skipped = earlier_trials(space, plan.tracking_uri)
+        plan.notes.append(warm_start_line(space, earlier, skipped))
     for note in plan.notes:
         print(f"reidsearch: {note}", flush=True)
     check_before_ray(space, plan)
@@ -129,10 +142,16 @@ def run_search(
         # a trial that fails as a whole (e.g. it diverged) is not re-run. A trial trained in
         # its own process is retried by Tune (a diverged one fails again at once: outcome.json).
         failure_config=tune.FailureConfig(max_failures=space.max_failures if in_process else 0),
-        callbacks=[tracker, KeepDoneInState(), *_reporters(space, progress)],
+        callbacks=[
+            tracker,
+            KeepDoneInState(),
+            *([StudyUpload(plan.experiment_dir)] if is_uri(plan.experiment_dir) else []),
+            *_reporters(space, progress),
+        ],
         verbose=0 if progress else verbose,
     )
     if resume and tune.Tuner.can_restore(plan.experiment_dir):
+        fetch_journal(plan.experiment_dir)  # the study as far as it got, on this machine
         tuner = tune.Tuner.restore(
             plan.experiment_dir,
             trainable=trainable,
@@ -149,7 +168,7 @@ def run_search(
             tune_config=tune.TuneConfig(
                 metric=SCORE_KEY,
                 mode=space.objective.mode,
-                search_alg=_search_alg(space, plan),
+                search_alg=_search_alg(space, plan, earlier),
                 scheduler=build_scheduler(
                     space.scheduler,
                     experiment_dir=plan.experiment_dir,

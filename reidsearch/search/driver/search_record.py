@@ -14,8 +14,8 @@ import json
 
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets
-from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.keys import SEARCH_RECORD_FILE
+from reidsearch.search.results.state_files import state_path
 from reidsearch.search.space import SearchSpace
 from reidsearch.storage import exists, read_text, write_text
 
@@ -47,8 +47,15 @@ def write_search_record(
             "experiment": experiment,
             "data": _data(space),
             "trials": space.trials,
+            "objective": space.objective.model_dump(),
         },
     )
+
+
+def recorded_objective(experiment_dir: str) -> dict | None:
+    """The objective a search was started with (None: not recorded, or no record)."""
+    record = _read(experiment_dir)
+    return None if record is None else record.get("objective")
 
 
 def recorded_trials(experiment_dir: str) -> int | None:

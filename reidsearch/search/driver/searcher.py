@@ -12,7 +12,9 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.internals.ray_internals import optuna_search_study, optuna_search_trials
 from reidsearch.search.driver.samplers import build_sampler
+from reidsearch.search.results.study import study_name, study_storage
 from reidsearch.search.rules import stopped_early
 from reidsearch.search.space import SearchSpace
 
@@ -47,6 +49,19 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if not hasattr(self, "_last_reports"):
             self._last_reports: dict[str, dict] = {}
         return self._last_reports
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved searcher, then the study's trials it never asked (a journal is written
+        at once, Tune's state periodically: asked after its last save, before the driver went
+        down) failed, so that none stays RUNNING in the study for ever."""
+        super().restore(checkpoint_path)
+        from optuna.trial import TrialState
+
+        study = optuna_search_study(self)
+        known = {trial.number for trial in optuna_search_trials(self).values()}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                study.tell(trial.number, state=TrialState.FAIL)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -106,12 +121,22 @@ class PauseAwareLimiter(ConcurrencyLimiter):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def build_searcher(space: SearchSpace, max_concurrent: int) -> Any:
+def build_searcher(
+    space: SearchSpace, max_concurrent: int, experiment_dir: str | None = None
+) -> Any:
     """The space's searcher (None for a grid, which Tune enumerates): Optuna's sampler of
-    ``space.searcher``, limited to ``max_concurrent`` running trials."""
+    ``space.searcher``, limited to ``max_concurrent`` running trials; its study in the search's
+    journal (``results.study``) when ``experiment_dir`` is given, else in memory."""
     if space.searcher == "grid":
         return None
+    stored: dict[str, Any] = {}
+    if experiment_dir is not None:
+        stored = {
+            "storage": study_storage(experiment_dir),
+            "study_name": study_name(experiment_dir),
+        }
     searcher = PruneAwareOptunaSearch(
+        **stored,
         space=space.optuna_define_by_run(),
         metric=SCORE_KEY,
         mode=space.objective.mode,

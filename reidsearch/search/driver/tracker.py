@@ -27,7 +27,6 @@ from reidsearch.search.driver.logged import (
     cost_of,
     flatten_config,
 )
-from reidsearch.search.driver.state_files import state_path
 from reidsearch.search.driver.trial_states import failure_reason, trial_ended
 from reidsearch.search.keys import (
     BACKBONE_TAG,
@@ -55,6 +54,7 @@ from reidsearch.search.keys import (
 )
 from reidsearch.search.results.best_trial import checkpoint_location
 from reidsearch.search.results.run_names import readable_run_name
+from reidsearch.search.results.state_files import state_path
 from reidsearch.search.results.store import get_or_create_experiment
 from reidsearch.search.results.summary import log_search_summary
 from reidsearch.search.rules import finite, stopped_early

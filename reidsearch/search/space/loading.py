@@ -61,6 +61,8 @@ def load_search_space(path: str | Path) -> SearchSpace:
             f"as running against max_concurrent, so no bracket would fill; use searcher random"
         )
     _check_sync_batchnorm(fixed_config, params, src)
+    if spec.warm_start and searcher == "grid":
+        raise ConfigError(f"{src}: warm_start: a grid runs every combination; it learns nothing")
 
     space = SearchSpace(
         source=path,
@@ -75,6 +77,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         scheduler=scheduler,
         seed=spec.seed,
         points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
+        warm_start=list(spec.warm_start),
         mlflow=spec.mlflow,
         storage_path=spec.storage_path,
         max_failures=spec.max_failures,

@@ -72,6 +72,22 @@ class ParamSpec:
             self.key, float(self.low), float(self.high), step=self.step, log=self.log
         )
 
+    def optuna_distribution(self) -> Any:
+        """The Optuna distribution ``suggest`` registers (for trials told, not asked)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "choice":
+            return CategoricalDistribution(list(self.values))
+        if self.type == "int":
+            return IntDistribution(
+                int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return FloatDistribution(float(self.low), float(self.high), step=self.step, log=self.log)
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a choice, or inside the (inclusive) range and on its step."""
         if self.type == "choice":

@@ -98,6 +98,11 @@ class SpaceFile(_Strict):
     resources: dict[str, Any] | None = None
     seed: int = 0
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description="earlier searches (folders or MLflow parent run ids) whose trials the new "
+        "study is told before it suggests",
+    )
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     storage_path: str | None = None
     max_failures: int = Field(1, ge=-1, description="-1 = retry forever")

@@ -46,6 +46,7 @@ class SearchSpace:
     scheduler: SchedulerSettings
     seed: int
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    warm_start: list[str] = field(default_factory=list)  # earlier searches' folders or run ids
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     storage_path: str | None = None
     max_failures: int = 1
