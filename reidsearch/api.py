@@ -92,13 +92,17 @@ def leaderboard(
 
 
 def best_trial(
-    tracking_uri: str | None = None, experiment: str | None = None, search: str | None = None
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    search: str | None = None,
+    pick: str | None = None,
 ) -> BestTrial:
-    """The best trial of a search (the leaderboard's top row) and the location of its kept
-    checkpoint, as ``reidsearch export --best`` finds it; pass it to :func:`evaluate`."""
+    """The best finished trial of a search by its score (among those meeting ``pick``, e.g.
+    ``"cost.feature_bytes <= 4096"``) and the location of its kept checkpoint, as
+    ``reidsearch export --best`` finds it; pass it to :func:`evaluate`."""
     from reidsearch.search.results.best_trial import best_trial as find
 
-    return find(_tracking_uri(tracking_uri), experiment, search)
+    return find(_tracking_uri(tracking_uri), experiment, search, pick=pick)
 
 
 def train(

@@ -17,14 +17,15 @@ from reidsearch.errors import ReidSearchError
 def cmd_export(args: argparse.Namespace) -> int:
     from reidsearch.engine.export import card_path, export_checkpoint
 
-    if not args.best and (args.search or args.experiment or args.tracking_uri):
-        raise ReidSearchError("--search/--experiment/--tracking-uri go with --best")
+    if not args.best and (args.search or args.experiment or args.tracking_uri or args.pick):
+        raise ReidSearchError("--search/--experiment/--tracking-uri/--pick go with --best")
     source = None
     if args.best:
         from reidsearch.search.results.best_trial import best_trial, fetch_checkpoint_file
         from reidsearch.search.results.store import default_tracking_uri
 
-        best = best_trial(args.tracking_uri or default_tracking_uri(), args.experiment, args.search)
+        uri = args.tracking_uri or default_tracking_uri()
+        best = best_trial(uri, args.experiment, args.search, pick=args.pick)
         print(
             f"best trial {best.run_name} of {best.search}: {best.metric} {best.score:.4f} "
             f"(checkpoint {best.checkpoint})",
@@ -77,6 +78,11 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--tracking-uri", help="with --best (default: as `reidsearch leaderboard`)")
     p.add_argument("--experiment", help="with --best: MLflow experiment (default: the newest)")
     p.add_argument("--search", help="with --best: a search's folder name or run id (newest)")
+    p.add_argument(
+        "--pick",
+        help="with --best: the best among the trials meeting a rule, e.g. "
+        '"cost.feature_bytes <= 4096" (a model from the front)',
+    )
     p.add_argument("--out", default="model.onnx", help="ONNX file; its JSON goes beside it")
     p.add_argument(
         "--exporter",

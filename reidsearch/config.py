@@ -25,11 +25,15 @@ Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
 # What ranks CMC / rank-k (``evaluation.metrics.RETRIEVALS`` keeps a copy; a test checks it).
 RETRIEVALS = ("auto", "exact", "faiss")
 Retrieval = Literal[RETRIEVALS]  # type: ignore[valid-type]
-# The per-query retrieval metrics an evaluation gives (each the mean over valid queries), and
-# what an objective may rank by (those plus the training loss): the one list of metric names.
-QUERY_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
-OBJECTIVE_METRICS = (*QUERY_METRICS, "loss")
-ObjectiveMetric = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
+# The objective's names live in reidsearch.objective; here for everything that reads them.
+from reidsearch.objective import (  # noqa: E402
+    COST_UNITS,
+    OBJECTIVE_METRICS,
+    QUERY_METRICS,
+    ObjectiveConfig,
+)
+
+__all__ = ["COST_UNITS", "OBJECTIVE_METRICS", "QUERY_METRICS", "ObjectiveConfig"]
 
 
 class _Strict(BaseModel):
@@ -254,29 +258,6 @@ class DDPConfig(_Strict):
     )
 
 
-class ObjectiveConfig(_Strict):
-    """The one score of a run: the number Optuna is told, ASHA compares, the leaderboard sorts by
-    and the kept checkpoint is chosen by.
-
-    ``reduce: best`` scores a run by its best evaluated epoch so far, ``last`` by its latest.
-    ``bound: true`` scores the pessimistic end of the metric's 95% bootstrap interval (the
-    lower end when maximising), so that a lucky run on a small query set is not crowned.
-    """
-
-    metric: ObjectiveMetric = "mAP"
-    mode: Literal["max", "min"] | None = None
-    reduce: Literal["best", "last"] = "best"
-    bound: bool = False
-
-    @model_validator(mode="after")
-    def _default_mode(self) -> ObjectiveConfig:
-        if self.mode is None:
-            self.mode = "min" if self.metric == "loss" else "max"
-        if self.bound and self.metric not in QUERY_METRICS:
-            raise ValueError(f"bound: {self.metric} has no confidence interval")
-        return self
-
-
 class TrialConfig(_Strict):
     """Everything one training run needs; resolved (no distributions) and serialisable."""
 
@@ -293,10 +274,17 @@ class TrialConfig(_Strict):
     repeats: int = Field(
         1, ge=1, description="train seeds seed..seed+N-1 side by side; score by their mean"
     )
-    objective: ObjectiveConfig = ObjectiveConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()  # a quality metric: it picks the epoch
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     compile: bool = False
     output_dir: str | None = Field(None, description="checkpoints; default ./reidsearch_runs")
+
+    @field_validator("objective")
+    @classmethod
+    def _quality_objective(cls, value: ObjectiveConfig) -> ObjectiveConfig:
+        if value.is_cost:  # constant over epochs: it cannot pick the epoch a score comes from
+            raise ValueError(f"metric: {value.metric} is a cost; a run is scored by quality")
+        return value
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 
 from reidsearch.config import TrialConfig
-from reidsearch.engine.cost import COST_UNITS, measure_cost, search_ms_per_query
+from reidsearch.engine.cost import measure_cost, search_ms_per_query
 from reidsearch.engine.trainer import TrainContext, train
 from reidsearch.modeling import build_model
+from reidsearch.objective import COST_UNITS
 from tests.conftest import tiny_config_dict
 
 

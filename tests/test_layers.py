@@ -72,6 +72,7 @@ S = "reidsearch.search"
 # What each role of the search may import of the project (besides itself and the shared
 # top-level modules below). Anything not listed is refused.
 SHARED = {"reidsearch.config", "reidsearch.errors", "reidsearch.redact", "reidsearch.storage"}
+SHARED |= {"reidsearch.objective"}  # the objective and its metric names (config re-exports)
 # The dependencies' private APIs: they import nothing of the project (tests/test_private_apis.py).
 SHARED |= {"reidsearch.internals", "reidsearch.internals.ray_internals"}
 CORE = ("reidsearch.data", "reidsearch.modeling", "reidsearch.evaluation", "reidsearch.engine")

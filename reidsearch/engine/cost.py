@@ -20,21 +20,6 @@ import torch
 from reidsearch.config import TrialConfig
 from reidsearch.evaluation.retrieval import flat_index
 
-PREFIX = "cost."
-# Every key a trial reports (all numbers; COST_UNITS says what each counts).
-COST_UNITS = {
-    "cost.feature_dim": "values per image in the retrieval feature",
-    "cost.feature_bytes": "bytes per image of the feature in fp32",
-    "cost.feature_bytes_fp16": "bytes per image of the feature in fp16",
-    "cost.params_backbone": "backbone parameters",
-    "cost.params_head": "head parameters, classifiers included (training)",
-    "cost.params_inference": "parameters the retrieval feature uses (deployment)",
-    "cost.model_bytes": "bytes of the model's weights and buffers (its file less the format's)",
-    "cost.images_per_s": "inference throughput at batch 64, images/s",
-    "cost.latency_ms": "inference latency at batch 1, ms",
-    "cost.search_ms": "FAISS flat inner-product search per query, ms, gallery of search_gallery",
-    "cost.search_gallery": "gallery size the search was timed at",
-}
 THROUGHPUT_BATCH = 64
 
 

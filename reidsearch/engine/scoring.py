@@ -60,6 +60,19 @@ def combine_seeds(
     return combined
 
 
+def objective_key(objective: ObjectiveConfig) -> str:
+    """The report key an objective reads: its metric, or the pessimistic end of its interval."""
+    if not objective.bound:
+        return objective.metric
+    low, high = interval_keys(objective.metric)
+    return low if objective.mode == "max" else high
+
+
+def objective_value(objective: ObjectiveConfig, metrics: dict[str, float]) -> float:
+    """An objective's value in one epoch's metrics (a cost: the trial's, the same every epoch)."""
+    return float(metrics[objective_key(objective)])
+
+
 class Scorer:
     """Keeps a run's score across evaluated epochs (``reduce: best`` or ``last``).
 
@@ -77,12 +90,8 @@ class Scorer:
             self.metrics = dict(state.get("metrics", {}))
 
     def value(self, metrics: dict[str, float]) -> float:
-        """This epoch's objective value: the metric, or the pessimistic end of its interval."""
-        metric, maximise = self.objective.metric, self.objective.mode == "max"
-        if self.objective.bound:
-            low, high = interval_keys(metric)
-            return float(metrics[low] if maximise else metrics[high])
-        return float(metrics[metric])
+        """This epoch's objective value (``objective_value``)."""
+        return objective_value(self.objective, metrics)
 
     def update(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Score an evaluated epoch; True when the run's score now comes from it."""

@@ -85,36 +85,9 @@ def _pairs(
     return qi, gi, ex_q, ex_g
 
 
-def _ranks_side_by_side(
-    scores: torch.Tensor,
-    pq: torch.Tensor,
-    pg: torch.Tensor,
-    index_bits: int,
-    path: str,
-    pool: ThreadPoolExecutor | None,
-    workers: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``chunk_ranks`` of a chunk, its rows split between the pool's ``workers`` threads
-    (positives are sorted by row, so each part is a contiguous slice of them)."""
-    parts = 1 if pool is None else min(workers, scores.shape[0])
-    if parts <= 1:
-        return chunk_ranks(scores, pq, pg, index_bits, path)
-    edges = np.linspace(0, scores.shape[0], parts + 1).astype(np.int64)
-    cuts = torch.searchsorted(pq, torch.from_numpy(edges).to(pq.device)).tolist()
-
-    def part(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, b, lo = cuts[i], cuts[i + 1], int(edges[i])
-        if a == b:
-            empty = pq.new_zeros(0)
-            return empty, empty, empty
-        with torch.inference_mode():  # thread-local: the pool's threads need it too
-            prow, rank, above = chunk_ranks(
-                scores[lo : int(edges[i + 1])], pq[a:b] - lo, pg[a:b], index_bits, path
-            )
-        return prow + lo, rank, above
-
-    done = list(pool.map(part, range(parts)))
-    return tuple(torch.cat([d[k] for d in done]) for k in range(3))  # type: ignore[return-value]
+# On a CPU the scores come in blocks of at least this many rows: numpy's matmul of 256-row
+# chunks measured 1.3x slower than the whole query x gallery matmul, of 1,024-row blocks 1.02x.
+CPU_BLOCK_ROWS = 1024
 
 
 def compute_metrics(
@@ -131,9 +104,10 @@ def compute_metrics(
     path: str = "auto",
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Metrics from a row-chunk score provider ``scores_fn(start, stop) -> (C, num_g)`` tensor.
+    """Metrics from a row-block score provider ``scores_fn(start, stop) -> (B, num_g)`` tensor.
 
-    ``workers`` threads rank the rows of each chunk side by side (CPU: the ranking ops run on
+    Rows are ranked in chunks of ``chunk_size``; on a CPU several chunks share one score block
+    (``CPU_BLOCK_ROWS``) and ``workers`` threads rank them side by side (the ranking ops run on
     one torch thread each and release the GIL, numpy's sort too). Returns the keys documented
     in ``evaluate``.
     """
@@ -141,29 +115,25 @@ def compute_metrics(
     if index_bits > 28:
         raise ValueError(f"gallery of {num_g} items is too large to rank exactly")
     chunk_size = max(1, min(chunk_size, 1 << (31 - index_bits)))
+    block = chunk_size
+    if device.type == "cpu":
+        block *= -(-CPU_BLOCK_ROWS // chunk_size)
 
     ap = np.zeros(num_q, dtype=np.float64)
     inp = np.zeros(num_q, dtype=np.float64)
     first = np.zeros(num_q, dtype=np.int64)
     npos = np.zeros(num_q, dtype=np.int64)
-    pos_bounds = np.searchsorted(pos_q, np.arange(0, num_q + chunk_size, chunk_size))
-    ex_bounds = np.searchsorted(ex_q, np.arange(0, num_q + chunk_size, chunk_size))
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        for c, start in enumerate(range(0, num_q, chunk_size)):
-            stop = min(start + chunk_size, num_q)
-            pa, pb = pos_bounds[c], pos_bounds[c + 1]
-            if pa == pb:
-                continue
-            scores = scores_fn(start, stop)
-            ea, eb = ex_bounds[c], ex_bounds[c + 1]
-            if eb > ea:
-                eq = torch.from_numpy(ex_q[ea:eb] - start).to(device)
-                eg = torch.from_numpy(ex_g[ea:eb]).to(device)
-                scores[eq, eg] = float("-inf")
+
+    def rank_rows(scores: torch.Tensor, start: int, stop: int, offset: int) -> None:
+        """Rank query rows [start, stop) (rows ``start - offset`` on of ``scores``)."""
+        pa, pb = np.searchsorted(pos_q, [start, stop])
+        if pa == pb:
+            return
+        with torch.inference_mode():  # thread-local: the pool's threads need it too
             pq = torch.from_numpy(pos_q[pa:pb] - start).to(device)
             pg = torch.from_numpy(pos_g[pa:pb]).to(device)
-            prow, rank, above = _ranks_side_by_side(scores, pq, pg, index_bits, path, pool, workers)
+            rows = scores[start - offset : stop - offset]
+            prow, rank, above = chunk_ranks(rows, pq, pg, index_bits, path)
             num_c = stop - start
             counts = torch.bincount(prow, minlength=num_c)
             ap_sum = torch.zeros(num_c, dtype=torch.float64, device=device)
@@ -172,12 +142,35 @@ def compute_metrics(
             first_rank.scatter_reduce_(0, prow, rank, reduce="amin", include_self=False)
             hardest = torch.ones(num_c, dtype=torch.long, device=device)
             hardest.scatter_reduce_(0, prow, rank, reduce="amax", include_self=False)
-            sl = slice(start, stop)
-            cnt = counts.cpu().numpy()
-            npos[sl] = cnt
-            first[sl] = first_rank.cpu().numpy()
-            ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
-            inp[sl] = cnt / hardest.cpu().numpy()
+        sl = slice(start, stop)
+        cnt = counts.cpu().numpy()
+        npos[sl] = cnt
+        first[sl] = first_rank.cpu().numpy()
+        ap[sl] = ap_sum.cpu().numpy() / np.maximum(cnt, 1)
+        inp[sl] = cnt / hardest.cpu().numpy()
+
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for start in range(0, num_q, block):
+            stop = min(start + block, num_q)
+            pa, pb = np.searchsorted(pos_q, [start, stop])
+            if pa == pb:
+                continue
+            scores = scores_fn(start, stop)
+            ea, eb = np.searchsorted(ex_q, [start, stop])
+            if eb > ea:
+                eq = torch.from_numpy(ex_q[ea:eb] - start).to(device)
+                eg = torch.from_numpy(ex_g[ea:eb]).to(device)
+                scores[eq, eg] = float("-inf")
+            jobs = [
+                (scores, a, min(a + chunk_size, stop), start)
+                for a in range(start, stop, chunk_size)
+            ]
+            if pool is None:
+                for job in jobs:
+                    rank_rows(*job)
+            else:
+                list(pool.map(lambda job: rank_rows(*job), jobs))
     finally:
         if pool is not None:
             pool.shutdown()

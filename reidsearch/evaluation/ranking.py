@@ -8,9 +8,12 @@ implementation. Instead, per chunk of queries, each positive's rank is counted:
   score into its row's sorted positive scores, then a per-row histogram;
 - compact path (few such items): only the items scoring >= the hardest positive are kept and
   compared, as int64 keys, against the positives;
-- sorted path (the CPU default): numpy's vectorised (SIMD) sort of each row, then two binary
-  searches per positive. numpy sorts a 256 x 15,913 float32 chunk in ~35 ms on one core of the
-  2-core dev machine, torch's CPU sort in ~370 ms; the dense path takes ~150 ms there.
+- sorted path: numpy's sort of each float row, then two binary searches per positive. numpy
+  sorts a 256 x 15,913 float32 chunk in 35-75 ms on one core of the 2-core dev machines, torch's
+  CPU sort in ~370 ms; the dense path takes ~150 ms there;
+- keys path (the CPU default, ``key_ranks``): the same on monotone 16-bit keys, which numpy
+  radix-sorts in ~16 ms per such chunk; positives whose key another item shares are counted on
+  their float row.
 
 Ranking order (also the tie rule): score descending, then gallery index ascending, i.e. what a
 stable sort of ``-score`` gives. The compact path packs (score, index) into one int64 key
@@ -24,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reidsearch.evaluation.key_ranks import ranks_by_keys
 from reidsearch.evaluation.tensors import orderable_bits
 
 
@@ -135,7 +139,7 @@ def _ranks_sorted(
     return prow, rank, at_or_above, torch.nonzero(tie).squeeze(1)
 
 
-PATHS = ("auto", "compact", "dense", "sorted")
+PATHS = ("auto", "compact", "dense", "sorted", "keys")
 
 
 def chunk_ranks(
@@ -148,9 +152,9 @@ def chunk_ranks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, rank, at_or_above) per positive of one chunk; excluded items are already -inf.
 
-    ``path="auto"``: the sorted path on the CPU; on a GPU the compact path when at most
-    ``dense_above`` of the chunk scores at or above its row's hardest positive, else the dense
-    one (every path gives the same ranks; a test checks it)."""
+    ``path="auto"``: the keys path (``key_ranks``) on the CPU; on a GPU the compact path when
+    at most ``dense_above`` of the chunk scores at or above its row's hardest positive, else the
+    dense one (every path gives the same ranks; a test checks it)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, not {path!r}")
     num_c = scores.shape[0]
@@ -159,14 +163,17 @@ def chunk_ranks(
     thr.scatter_reduce_(0, pq, pvals, reduce="amin")
     if path == "auto":
         if scores.device.type == "cpu":
-            path = "sorted"
+            path = "keys"
         else:
             density = float((scores >= thr[:, None]).sum()) / max(scores.numel(), 1)
             path = "compact" if density <= dense_above else "dense"
     if path == "compact":
         return _ranks_compact(scores, pq, pg, thr, index_bits)
-    split = _ranks_sorted if path == "sorted" else _ranks_dense
-    prow, rank, above, tie_rows = split(scores, pq, pvals)
+    if path == "keys":
+        prow, rank, above, tie_rows = ranks_by_keys(scores, pq, pg, pvals)
+    else:
+        split = _ranks_sorted if path == "sorted" else _ranks_dense
+        prow, rank, above, tie_rows = split(scores, pq, pvals)
     if len(tie_rows):
         remap = torch.full((num_c,), -1, dtype=torch.long, device=scores.device)
         remap[tie_rows] = torch.arange(len(tie_rows), device=scores.device)

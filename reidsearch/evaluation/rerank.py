@@ -42,6 +42,7 @@ class _FeatureDistance:
 
     def __init__(self, feats: torch.Tensor) -> None:
         self.feats = feats
+        self.device = feats.device
         self.n = feats.shape[0]
 
     def closeness_rows(self, start: int, stop: int) -> torch.Tensor:
@@ -51,8 +52,9 @@ class _FeatureDistance:
     def to_dist(closeness: torch.Tensor) -> torch.Tensor:
         return 2.0 - 2.0 * closeness
 
-    def block(self, rows: slice, cols: slice) -> torch.Tensor:
-        return 2.0 - 2.0 * matmul_t(self.feats[rows], self.feats[cols])
+    @staticmethod
+    def to_dist_(closeness: torch.Tensor) -> torch.Tensor:
+        return closeness.mul_(-2.0).add_(2.0)
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor, step: int = 16384) -> torch.Tensor:
         out = torch.empty(len(i), device=self.feats.device, dtype=self.feats.dtype)
@@ -67,6 +69,7 @@ class _MatrixDistance:
 
     def __init__(self, q_g: torch.Tensor, q_q: torch.Tensor, g_g: torch.Tensor) -> None:
         self.q_g, self.q_q, self.g_g = q_g, q_q, g_g
+        self.device = q_g.device
         self.nq = q_q.shape[0]
         self.n = self.nq + g_g.shape[0]
 
@@ -88,8 +91,9 @@ class _MatrixDistance:
     def to_dist(closeness: torch.Tensor) -> torch.Tensor:
         return -closeness
 
-    def block(self, rows: slice, cols: slice) -> torch.Tensor:
-        return self.rows(rows.start, rows.stop)[:, cols]
+    @staticmethod
+    def to_dist_(closeness: torch.Tensor) -> torch.Tensor:
+        return closeness.neg_()
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         nq = self.nq
@@ -112,14 +116,16 @@ def _order_keys(closeness: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest(
-    dist: Any, width: int, chunk: int, workers: int = 1
+    dist: Any, width: int, chunk: int, workers: int = 1, keep: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each item's ``width`` nearest items (ties by index), their distances, and the item's
     maximum distance over all N items (the row normaliser).
 
     Per chunk of rows, one matmul (numpy's threads on a CPU), then the top-k and the row
     maximum, rows split between ``workers`` threads: torch's CPU top-k and min run on one
-    thread each inside ``single_thread``, and are a third of the time at MSMT17 scale."""
+    thread each inside ``single_thread``, and are a third of the time at MSMT17 scale.
+    ``keep`` (Q, G), when given, receives the query x gallery closeness rows on the way, so
+    the final pass needs no second query x gallery matmul."""
     n = dist.n
     extra = min(n, width + 4)
     ranks, near, rowmax = [], [], []
@@ -128,6 +134,9 @@ def _nearest(
     try:
         for start in range(0, n, chunk):
             c = dist.closeness_rows(start, min(start + chunk, n))
+            if keep is not None and start < keep.shape[0]:
+                stop_q = min(start + chunk, keep.shape[0])
+                keep[start:stop_q] = c[: stop_q - start, keep.shape[0] :]
             edges = np.linspace(0, c.shape[0], (workers if pool else 1) + 1).astype(int)
             parts = [c[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
             done = list(pool.map(rows_fn, parts)) if pool else list(map(rows_fn, parts))
@@ -270,7 +279,9 @@ def _rerank(
     n = dist.n
     num_g = n - num_q
     width = min(n, max(k1 + 1, k2, stored_neighbours))
-    ranks, near, rowmax = _nearest(dist, width, chunk, workers)
+    # The output starts as the query x gallery closeness, turned into distances in place.
+    out = torch.empty(num_q, num_g, dtype=torch.float32, device=dist.device)
+    ranks, near, rowmax = _nearest(dist, width, chunk, workers, keep=out)
 
     vr, vc = _expanded_sets(ranks, k1, chunk)
     w = torch.exp(-(_pair_dist(dist, ranks, near, vr, vc) / rowmax[vr]))
@@ -291,7 +302,6 @@ def _rerank(
     q_ptr = _row_ptr(qr, num_q)
     work = _segment_sum(col_cnt[qc], qr, num_q).cpu().numpy()  # expanded pairs per query
 
-    out = torch.empty(num_q, num_g, dtype=torch.float32, device=vv.device)
     start = 0
     while start < num_q:
         stop = start + 1
@@ -305,9 +315,13 @@ def _rerank(
         flat = (qr[a:b][owner] - start) * num_g + gr[pos]
         acc = torch.zeros((stop - start) * num_g, dtype=mins.dtype, device=mins.device)
         acc = acc.index_add_(0, flat, mins).view(stop - start, num_g)
-        jaccard = 1.0 - acc / (2.0 - acc)
-        orig = dist.block(slice(start, stop), slice(num_q, n)) / rowmax[start:stop, None]
-        out[start:stop] = (1.0 - lambda_value) * jaccard + lambda_value * orig
+        del owner, pos, mins, flat
+        # (1 - lambda) * (1 - acc / (2 - acc)) + lambda * d / rowmax, in place (no temporaries
+        # of the chunk's size beyond acc).
+        rows = dist.to_dist_(out[start:stop]).div_(rowmax[start:stop, None]).mul_(lambda_value)
+        acc.div_(acc.neg().add_(2.0))
+        rows.add_(acc, alpha=-(1.0 - lambda_value)).add_(1.0 - lambda_value)
+        del acc
         start = stop
     return out
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from reidsearch.config import QUERY_METRICS, TrialConfig
-from reidsearch.engine.cost import COST_UNITS
 from reidsearch.engine.scoring import EPOCH_SCORE_KEY, SCORE_KEY, interval_keys, spread_key
+from reidsearch.objective import COST_UNITS
 from reidsearch.redact import mask_secrets
 
 # The metrics of a trial's score epoch, logged once with SCORED_PREFIX when the trial ends.

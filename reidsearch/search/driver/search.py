@@ -134,6 +134,8 @@ def run_search(
         log_checkpoint=space.mlflow.log_checkpoint,
         full_epochs=space.trial_epochs(),
         params=space.params,
+        objectives=space.objectives,
+        constraints=[str(rule) for rule in space.constraints],
     )
     run_config = tune.RunConfig(
         name=basename(plan.experiment_dir),

@@ -11,12 +11,15 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from reidsearch.engine.scoring import SCORE_KEY
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, objective_key
 from reidsearch.internals.ray_internals import optuna_search_study, optuna_search_trials
-from reidsearch.search.driver.samplers import build_sampler
+from reidsearch.objective import ObjectiveConfig
+from reidsearch.search.driver.samplers import CONSTRAINTS_ATTR, build_sampler
+from reidsearch.search.keys import SCORED_PREFIX
 from reidsearch.search.results.study import study_name, study_storage
 from reidsearch.search.rules import stopped_early
 from reidsearch.search.space import SearchSpace
+from reidsearch.search.space.rules_of_metrics import MetricRule
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -38,10 +41,15 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Tell Optuna the intermediate score at its epoch. ``OptunaSearch`` keys it by Tune's
         ``training_iteration``, which a restarted trial's replayed reports inflate; by epoch, a
         replayed epoch repeats a step Optuna already has and is ignored."""
-        if self.metric in result:  # results without the objective carry no score to tell
+        if self.primary in result:  # results without the objective carry no score to tell
             step = int(result.get("epoch", result.get(TRAINING_ITERATION, 0)))
             super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
-            self._last_scored()[trial_id] = {self.metric: result[self.metric], "epoch": step}
+            self._last_scored()[trial_id] = {self.primary: result[self.primary], "epoch": step}
+
+    @property
+    def primary(self) -> str:
+        """The score's key (the first of several objectives' keys)."""
+        return self.metric[0] if isinstance(self.metric, list) else self.metric
 
     def _last_scored(self) -> dict[str, dict]:
         """Trial id -> its last scored report (a searcher pickled by an older reidsearch has
@@ -73,7 +81,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if result is None and not error:
             result = last
         epochs = None if result is None else result.get("epoch")
-        if result is not None and not error and self.metric in result:
+        if result is not None and not error and self.primary in result:
             # Tune does not tell the searcher the result a scheduler stops a trial at: told
             # here, Optuna has the score of every epoch it reached (a repeat is ignored)
             with warnings.catch_warnings():
@@ -82,6 +90,69 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._last_scored().pop(trial_id, None)
         if stopped_early(epochs, self._max_epochs, failed=error):
             result = None  # (not failed): OptunaSearch tells Optuna PRUNED for no result
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def objectives_settings(space: SearchSpace) -> dict[str, Any]:
+    """``ObjectivesOptunaSearch``'s arguments: a key per objective (the score, then each other
+    one's value at the score's epoch, ``scored_<metric>``), their modes, the constraints."""
+    others = space.all_objectives[1:]
+    keys = [SCORE_KEY, *(f"{SCORED_PREFIX}{objective_key(o)}" for o in others)]
+    return {
+        "metric": keys if others else SCORE_KEY,
+        "mode": [str(o.mode) for o in space.all_objectives] if others else space.objective.mode,
+        "objectives": others,
+        "constraints": list(space.constraints),
+    }
+
+
+class ObjectivesOptunaSearch(PruneAwareOptunaSearch):
+    """Several objectives and/or constraints. The score is the first objective; the others and
+    the constraints' metrics are read at the trial's score epoch (a cost: as measured), which is
+    what the leaderboard shows, and told to Optuna when the trial ends (the constraint values
+    as the trial's ``CONSTRAINTS_ATTR``, which the sampler's ``constraints_func`` reads)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        objectives: list[ObjectiveConfig],
+        constraints: list[MetricRule],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._objectives = list(objectives)
+        self._rules = list(constraints)
+        self._at_score_epoch: dict[str, dict[str, float]] = {}
+
+    def _read(self, result: dict) -> dict[str, float]:
+        keys = {objective_key(o) for o in self._objectives} | {r.metric for r in self._rules}
+        return {key: float(result[key]) for key in keys if key in result}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        epoch = result.get("epoch")
+        if epoch is not None and result.get(SCORE_EPOCH_KEY) == epoch:  # the score's epoch
+            self._at_score_epoch[trial_id] = self._read(result)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if result is not None and result.get(SCORE_EPOCH_KEY) == result.get("epoch"):
+            self._at_score_epoch[trial_id] = self._read(result)
+        scored = self._at_score_epoch.pop(trial_id, {})
+        asked = optuna_search_trials(self).get(trial_id)
+        if self._rules and asked is not None:
+            violations = [rule.violation(scored.get(rule.metric)) for rule in self._rules]
+            asked.set_user_attr(CONSTRAINTS_ATTR, violations)
+        if result is not None and self._objectives:
+            values = {
+                f"{SCORED_PREFIX}{objective_key(o)}": scored.get(objective_key(o))
+                for o in self._objectives
+            }
+            if None in values.values():  # never reached a score epoch: nothing to tell
+                result = None
+            else:
+                result = {**result, **values}
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
@@ -135,11 +206,14 @@ def build_searcher(
             "storage": study_storage(experiment_dir),
             "study_name": study_name(experiment_dir),
         }
-    searcher = PruneAwareOptunaSearch(
+    several: dict[str, Any] = {"metric": SCORE_KEY, "mode": space.objective.mode}
+    kind: type[PruneAwareOptunaSearch] = PruneAwareOptunaSearch
+    if space.multi_objective or space.constraints:
+        kind, several = ObjectivesOptunaSearch, objectives_settings(space)
+    searcher = kind(
         **stored,
+        **several,
         space=space.optuna_define_by_run(),
-        metric=SCORE_KEY,
-        mode=space.objective.mode,
         points_to_evaluate=space.points_to_evaluate or None,
         sampler=build_sampler(space),
         max_epochs=space.trial_epochs(),

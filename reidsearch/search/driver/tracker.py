@@ -31,6 +31,7 @@ from reidsearch.search.driver.trial_states import failure_reason, trial_ended
 from reidsearch.search.keys import (
     BACKBONE_TAG,
     CHECKPOINT_TAG,
+    CONSTRAINTS_TAG,
     DATASET_TAG,
     EXPERIMENT_DIR_TAG,
     FAILED_STATUS,
@@ -44,6 +45,7 @@ from reidsearch.search.keys import (
     NODE_KEY,
     NODE_TAG,
     OBJECTIVE_TAG,
+    OBJECTIVES_TAG,
     PARENT_TAG,
     RESUMED_TAG,
     SCORED_PREFIX,
@@ -80,6 +82,8 @@ class MLflowSearchTracker(Callback):
         log_checkpoint: bool = False,
         full_epochs: int | None = None,
         params: list[ParamSpec] | None = None,
+        objectives: list[ObjectiveConfig] | None = None,
+        constraints: list[str] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -93,6 +97,8 @@ class MLflowSearchTracker(Callback):
         self.log_checkpoint = log_checkpoint
         self.full_epochs = full_epochs or int(fixed.get("epochs", 0))  # what ASHA lets run
         self.params = list(params or [])  # the space's distributions, for the analyses
+        self.objectives = list(objectives or [])  # several: the board shows a Pareto front
+        self.constraints = list(constraints or [])
         self._client: Any = None
         self._state: dict[str, Any] = {}
         self._orphans_checked = False
@@ -138,6 +144,7 @@ class MLflowSearchTracker(Callback):
                     SEARCH_TAG: self.search_name,
                     OBJECTIVE_TAG: self.objective.model_dump_json(),
                     EXPERIMENT_DIR_TAG: mask_secrets(self.experiment_dir),
+                    **self._front_tags(),
                 },
             )
             self._state = {"parent": run.info.run_id, "experiment_id": experiment_id, "trials": {}}
@@ -148,6 +155,15 @@ class MLflowSearchTracker(Callback):
         else:  # a resumed search
             self.client.update_run(self.parent_run_id, status="RUNNING")
             self._reconcile_logged_epochs()
+
+    def _front_tags(self) -> dict[str, str]:
+        """A multi-objective or constrained search's objectives and rules, for the board."""
+        tags = {}
+        if len(getattr(self, "objectives", [])) > 1:
+            tags[OBJECTIVES_TAG] = json.dumps([o.model_dump() for o in self.objectives])
+        if getattr(self, "constraints", []):
+            tags[CONSTRAINTS_TAG] = json.dumps(self.constraints)
+        return tags
 
     def _reconcile_logged_epochs(self) -> None:
         """Epochs MLflow has but the saved state does not (the driver died between logging

@@ -14,6 +14,9 @@ from reidsearch.engine.checkpoint import CHECKPOINT_FILE
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.keys import CHECKPOINT_TAG, FINISHED_STATUS
 from reidsearch.search.results.leaderboard import fetch_leaderboard
+from reidsearch.search.results.pareto import metric_value
+from reidsearch.search.rules import best_first
+from reidsearch.search.space.rules_of_metrics import parse_rule
 from reidsearch.storage import is_uri, join, local_copy
 
 
@@ -54,16 +57,24 @@ class BestTrial:
         }
 
 
-def best_trial(tracking_uri: str, experiment: str | None, search: str | None) -> BestTrial:
-    """The top row of the search's leaderboard (its objective, its mode) and its checkpoint."""
+def best_trial(
+    tracking_uri: str, experiment: str | None, search: str | None, pick: str | None = None
+) -> BestTrial:
+    """The search's best finished trial by its score (the first objective), among the trials
+    that meet ``pick`` (e.g. ``"cost.feature_bytes <= 4096"``) when given, and its checkpoint."""
     from mlflow.tracking import MlflowClient
 
-    board = fetch_leaderboard(tracking_uri, experiment, search=search, top=1)
+    rule = parse_rule(pick, "--pick") if pick is not None else None
+    board = fetch_leaderboard(tracking_uri, experiment, search=search, top=1_000_000)
     where = f"experiment {board.experiment!r}, search {', '.join(board.searches) or '-'}"
-    top = board.rows[0] if board.rows else None
-    if top is None or top["score"] is None or top["status"] != FINISHED_STATUS:
+    scored = [r for r in board.rows if r["score"] is not None and r["status"] == FINISHED_STATUS]
+    if not scored:
         raise ReidSearchError(f"{tracking_uri}: {where}: no finished trial has a score yet")
-    row = board.rows[0]
+    if rule is not None:
+        scored = [r for r in scored if rule.holds(metric_value(r, rule.metric))]
+        if not scored:
+            raise ReidSearchError(f"{where}: --pick: no finished trial has {rule}")
+    row = min(scored, key=lambda r: best_first(r["score"], str(board.objective.mode)))
     tags = MlflowClient(tracking_uri=tracking_uri).get_run(row["run_id"]).data.tags
     location = tags.get(CHECKPOINT_TAG)
     name = row.get("trial") or row["run"]  # the Tune trial id, as the leaderboard shows

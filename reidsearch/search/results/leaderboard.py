@@ -9,20 +9,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reidsearch.config import ObjectiveConfig
-from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, interval_keys
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY, interval_keys, objective_key
 from reidsearch.search.keys import (
+    CONSTRAINTS_TAG,
     FINISHED_STATUS,
     KIND_TAG,
     OBJECTIVE_TAG,
+    OBJECTIVES_TAG,
     PARENT_TAG,
     SCORED_PREFIX,
     SEARCHED_PREFIX,
     STOPPED_EARLY_TAG,
     TRIAL_TAG,
 )
+from reidsearch.search.results.pareto import metric_value, order_front
 from reidsearch.search.results.searches import find_searches, search_label
 from reidsearch.search.results.store import existing_store
 from reidsearch.search.rules import board_rank
+from reidsearch.search.space.rules_of_metrics import parse_rule
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Leaderboard:
     objective: ObjectiveConfig
     rows: list[dict[str, Any]] = field(default_factory=list)
     untrained: dict[str, float] = field(default_factory=dict)  # mean untrained mAP per search
+    objectives: list[ObjectiveConfig] = field(default_factory=list)  # several: a front
+    constraints: list[str] = field(default_factory=list)
 
     def to_frame(self) -> Any:
         """The rows as a pandas DataFrame, one row per trial, best first (index: rank from 1),
@@ -72,6 +78,7 @@ def _row(run: Any, label: str) -> dict[str, Any]:
         "score": metrics.get(SCORE_KEY),
         "score_epoch": metrics.get(SCORE_EPOCH_KEY),
         "scored": scored,  # the metrics of the epoch the score comes from
+        "cost": {k: v for k, v in metrics.items() if k.startswith("cost.")},
         "untrained_mAP": metrics.get("untrained_mAP"),
         "params": {
             k[len(SEARCHED_PREFIX) :]: v
@@ -138,7 +145,15 @@ def fetch_leaderboard(
             max_results=50_000,
         )
         rows.extend(_row(run, search_label(parent)) for run in trials)
+    tags = shown[0].data.tags if shown else {}
+    objectives = [
+        ObjectiveConfig.model_validate(o) for o in json.loads(tags.get(OBJECTIVES_TAG, "[]"))
+    ]
+    constraints = json.loads(tags.get(CONSTRAINTS_TAG, "[]"))
     order_rows(rows, objective)
+    if len(objectives) > 1 or constraints:
+        rules = [parse_rule(text, CONSTRAINTS_TAG) for text in constraints]
+        order_front(rows, objectives or [objective], rules)
     untrained: dict[str, list[float]] = {}
     for row in rows:
         if row["untrained_mAP"] is not None:
@@ -149,6 +164,8 @@ def fetch_leaderboard(
         objective=objective,
         rows=rows[:top],
         untrained={label: sum(v) / len(v) for label, v in untrained.items()},
+        objectives=objectives,
+        constraints=constraints,
     )
 
 
@@ -174,7 +191,10 @@ def format_leaderboard(board: Leaderboard) -> str:
     bound = " lower bound" if objective.bound and objective.mode == "max" else ""
     bound = " upper bound" if objective.bound and objective.mode == "min" else bound
     score_name = f"{objective.metric}{bound} ({objective.reduce})"
-    header = ["#", score_name, "95% CI", "", "trial", "status", "epoch"]
+    others = board.objectives[1:]
+    front = bool(others or board.constraints)
+    header = ["#", *(["front"] if front else []), score_name, "95% CI", "", *_names(others)]
+    header += ["trial", "status", "epoch"]
     header += ["mAP", "rank-1", "rank-5", "mINP", *(["search"] if several else []), *keys]
     table = [header]
     for n, row in enumerate(rows, 1):
@@ -183,9 +203,11 @@ def format_leaderboard(board: Leaderboard) -> str:
         table.append(
             [
                 str(n),
+                *([_front_text(row)] if front else []),
                 _score_text(row["score"], objective.metric),
                 f"{_pct(interval[0])}-{_pct(interval[1])}" if interval else "-",
                 "~" if row["tied"] else "",
+                *[_value_text(row, o) for o in others],
                 row.get("trial") or row["run"],  # short: the run name also lists the values
                 _status(row),
                 "-" if row["score_epoch"] is None else f"{row['score_epoch']:.0f}",
@@ -202,6 +224,8 @@ def format_leaderboard(board: Leaderboard) -> str:
         f"Leaderboard of {where}: sorted by {score_name}, {objective.mode}imised; every row "
         "shows the epoch its score comes from (in %); ~ = its 95% interval overlaps the best's"
     ]
+    if front:
+        lines.append(front_legend(board))
     for r in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     for label, value in board.untrained.items():
@@ -237,3 +261,29 @@ def _number(value: Any) -> Any:
         except ValueError:
             pass
     return value
+
+
+def front_legend(board: Leaderboard) -> str:
+    """What the front column says, and the constraints."""
+    names = ", ".join(f"{o.metric} ({o.mode})" for o in board.objectives) or board.objective.metric
+    text = f"front: Pareto rank over {names} (1 = no trial is better in all)"
+    if board.constraints:
+        text += f"; ! = breaks a constraint ({'; '.join(board.constraints)}), ranked after"
+    return text
+
+
+def _names(objectives: list[ObjectiveConfig]) -> list[str]:
+    return [f"{o.metric} ({o.mode})" for o in objectives]
+
+
+def _front_text(row: dict[str, Any]) -> str:
+    if row.get("breaks"):
+        return "!"
+    return "-" if row.get("front") is None else str(row["front"])
+
+
+def _value_text(row: dict[str, Any], objective: ObjectiveConfig) -> str:
+    value = metric_value(row, objective_key(objective))
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if objective.is_cost or objective.metric == "loss" else _pct(value)

@@ -91,6 +91,8 @@ def describe_sampler(searcher: str, seed: int, trials: int, conditional: bool) -
         return f"cmaes (Optuna's CmaEsSampler, seed {seed})"
     if searcher == "qmc":
         return f"qmc (Optuna's QMCSampler: scrambled Sobol sequence, seed {seed})"
+    if searcher == "nsga2":
+        return f"nsga2 (Optuna's NSGAIISampler: genetic, non-dominated sorting, seed {seed})"
     return f"random (Optuna's RandomSampler, seed {seed})"
 
 

@@ -17,6 +17,7 @@ from reidsearch.search.space.choices import (
     check_scheduler,
     check_searcher,
 )
+from reidsearch.search.space.objectives import parse_objectives
 from reidsearch.search.space.params import ParamSpec, format_value
 from reidsearch.search.space.parsing import parse_search
 from reidsearch.search.space.schema import NAME_RE, SpaceFile, validate_part
@@ -44,8 +45,15 @@ def load_search_space(path: str | Path) -> SearchSpace:
     scaling = base.scaling.model_dump()
     scaling.update(spec.resources or {})
     resources = validate_part(ResourcesConfig, scaling, src, "resources")
+    objectives, constraints = parse_objectives(
+        spec.objective,
+        spec.constraints,
+        canonical_searcher(spec.searcher),
+        spec.scheduler.type,
+        src,
+    )
     fixed_config = base.model_copy(
-        update={"scaling": resources, "objective": spec.objective, "repeats": spec.repeats}
+        update={"scaling": resources, "objective": objectives[0], "repeats": spec.repeats}
     )
 
     params = parse_search(spec.search, src, fixed_config)
@@ -78,6 +86,8 @@ def load_search_space(path: str | Path) -> SearchSpace:
         seed=spec.seed,
         points_to_evaluate=[dict(p) for p in spec.points_to_evaluate],
         warm_start=list(spec.warm_start),
+        objectives=objectives if len(objectives) > 1 else [],
+        constraints=constraints,
         mlflow=spec.mlflow,
         storage_path=spec.storage_path,
         max_failures=spec.max_failures,

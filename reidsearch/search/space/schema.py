@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reidsearch.config import ObjectiveConfig, format_validation_error
+from reidsearch.config import format_validation_error
 from reidsearch.errors import ConfigError
 
 __all__ = [
@@ -84,8 +84,12 @@ class SpaceFile(_Strict):
     description: str | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Any] = Field(default_factory=dict)
-    searcher: Literal["tpe", "optuna", "gp", "cmaes", "qmc", "random", "grid"] = "tpe"
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    searcher: Literal["tpe", "optuna", "gp", "cmaes", "qmc", "nsga2", "random", "grid"] = "tpe"
+    # a mapping (one objective) or a list of them (a front): checked by space.objectives
+    objective: dict[str, Any] | list[Any] = Field(default_factory=dict)
+    constraints: list[str] = Field(
+        default_factory=list, description='rules like "cost.latency_ms <= 10" a trial must meet'
+    )
     repeats: int = Field(
         1,
         ge=1,

@@ -18,6 +18,7 @@ from reidsearch.errors import ConfigError
 from reidsearch.redact import mask_secrets
 from reidsearch.search.space.choices import describe_sampler, describe_scheduler
 from reidsearch.search.space.params import DefineByRun, ParamSpec, format_value
+from reidsearch.search.space.rules_of_metrics import MetricRule
 from reidsearch.search.space.schema import MlflowSettings, SchedulerSettings
 from reidsearch.storage import absolute
 
@@ -40,13 +41,15 @@ class SearchSpace:
     fixed: dict[str, Any]
     fixed_config: TrialConfig
     params: list[ParamSpec]
-    searcher: Literal["tpe", "gp", "cmaes", "qmc", "random", "grid"]
+    searcher: Literal["tpe", "gp", "cmaes", "qmc", "nsga2", "random", "grid"]
     trials: int
     max_concurrent: int
     scheduler: SchedulerSettings
     seed: int
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     warm_start: list[str] = field(default_factory=list)  # earlier searches' folders or run ids
+    objectives: list[ObjectiveConfig] = field(default_factory=list)  # [] or [score, ...]
+    constraints: list[MetricRule] = field(default_factory=list)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     storage_path: str | None = None
     max_failures: int = 1
@@ -61,6 +64,15 @@ class SearchSpace:
     def objective(self) -> ObjectiveConfig:
         """The one score trials are ranked by (kept in ``fixed_config`` for the trials)."""
         return self.fixed_config.objective
+
+    @property
+    def all_objectives(self) -> list[ObjectiveConfig]:
+        """Every objective, the score's first (one for a single-objective search)."""
+        return self.objectives or [self.objective]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.all_objectives) > 1
 
     @property
     def metric(self) -> str:
@@ -259,7 +271,15 @@ class SearchSpace:
         if o.bound:
             end = "lower" if o.mode == "max" else "upper"
             how += f", {end} end of its 95% bootstrap interval"
-        return f"objective: {o.mode} {o.metric} ({how})"
+        line = f"objective: {o.mode} {o.metric} ({how})"
+        for other in self.all_objectives[1:]:
+            at = "as measured" if other.is_cost else "at that epoch"
+            line += f"; and {other.mode} {other.metric} ({at})"
+        if self.multi_objective:
+            line += ": a Pareto front"
+        if self.constraints:
+            line += "; constraints: " + ", ".join(str(rule) for rule in self.constraints)
+        return line
 
     def _describe_repeats(self) -> str:
         n = self.repeats
