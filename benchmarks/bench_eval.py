@@ -108,6 +108,22 @@ def timed(fn, repeats: int = 1):
     return out, best, best_cpu
 
 
+def against_matmul(fn, matmul, repeats: int):
+    """``fn`` timed in pairs with the matmul, interleaved, so both see the same machine load
+    (the dev machines are shared). Returns the result, fn's median wall and CPU seconds, the
+    matmul's median wall and the median of the per-pair ratios."""
+    walls, cpus, mwalls, ratios, out = [], [], [], [], None
+    for _ in range(repeats):
+        out, wall, cpu = timed(fn)
+        _, mwall, _ = timed(matmul)
+        walls.append(wall)
+        cpus.append(cpu)
+        mwalls.append(mwall)
+        ratios.append(wall / mwall)
+    med = np.median
+    return out, float(med(walls)), float(med(cpus)), float(med(mwalls)), float(med(ratios))
+
+
 def with_path(path: str, q, g, qp, gp, qc, gc):
     """evaluate() with its counting path forced (``ranking.chunk_ranks(path=...)``)."""
     from reidsearch.evaluation import metrics
@@ -128,6 +144,12 @@ def main() -> None:
     ap.add_argument("--ids", type=int, default=751)
     ap.add_argument("--cameras", type=int, default=6)
     ap.add_argument("--noise", type=float, default=2.2, help="per-image noise vs identity centre")
+    ap.add_argument(
+        "--hard-noise",
+        type=float,
+        default=4.0,
+        help="noise of the second ('hard', first-epoch-like) features; 0 skips them",
+    )
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-rerank", action="store_true")
@@ -136,9 +158,9 @@ def main() -> None:
         "--paths",
         nargs="*",
         default=[],
-        choices=("compact", "dense", "sorted"),
+        choices=("compact", "dense", "sorted", "keys"),
         help="also time evaluate() with each of these counting paths forced (the CPU default "
-        "is sorted; compact/dense, chosen by density, were the CPU path before)",
+        "is keys since issue 24, sorted before it; compact/dense are the GPU's)",
     )
     ap.add_argument(
         "--rerank-reference",
@@ -149,20 +171,27 @@ def main() -> None:
 
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
-    qf, gf, qp, gp, qc, gc = make_data(
-        args.queries, args.gallery, args.dim, args.ids, args.cameras, args.noise, 0
-    )
-    q_t, g_t = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
-    evaluate(q_t[:64], g_t, qp[:64], gp, qc[:64], gc)  # warm-up
-
-    res, wall, cpu = timed(lambda: evaluate(q_t, g_t, qp, gp, qc, gc), args.repeats)
-    _, mwall, _ = timed(lambda: matmul_t(q_t, g_t), args.repeats)  # the floor, same run
-    print(
-        f"(a) evaluate(): {wall:.3f} s wall ({cpu:.2f} s CPU)  mAP {res['mAP']:.4f}  "
-        f"rank1 {res['rank1']:.4f}  mINP {res['mINP']:.4f}  "
-        f"valid {res['num_valid_queries']}/{res['num_queries']}"
-    )
-    print(f"(a0) the query x gallery matmul alone: {mwall:.3f} s; evaluate() = {wall / mwall:.2f}x")
+    kinds = [("easy", args.noise)] + ([("hard", args.hard_noise)] if args.hard_noise else [])
+    for kind, noise in reversed(kinds):  # the easy features stay for the sections below
+        qf, gf, qp, gp, qc, gc = make_data(
+            args.queries, args.gallery, args.dim, args.ids, args.cameras, noise, 0
+        )
+        q_t, g_t = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
+        evaluate(q_t[:64], g_t, qp[:64], gp, qc[:64], gc)  # warm-up
+        res, wall, cpu, mwall, ratio = against_matmul(
+            lambda q=q_t, g=g_t, a=(qp, gp, qc, gc): evaluate(q, g, *a),
+            lambda q=q_t, g=g_t: matmul_t(q, g),
+            args.repeats,
+        )
+        print(
+            f"(a) evaluate(), {kind} features (noise {noise}): {wall:.3f} s wall ({cpu:.2f} s CPU)"
+            f"  mAP {res['mAP']:.4f}  rank1 {res['rank1']:.4f}  mINP {res['mINP']:.4f}  "
+            f"valid {res['num_valid_queries']}/{res['num_queries']}"
+        )
+        print(
+            f"(a0) the query x gallery matmul alone: {mwall:.3f} s; evaluate() = {ratio:.2f}x "
+            f"({kind}; median of {args.repeats} interleaved pairs)"
+        )
     for path in args.paths:
         forced, pwall, _ = timed(
             lambda p=path: with_path(p, q_t, g_t, qp, gp, qc, gc), args.repeats
@@ -201,6 +230,15 @@ def main() -> None:
         if device.type == "cuda":
             line += f", peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
         print(line)
+        feats = torch.cat([q_t, g_t])
+        rows = min(1024, len(feats))
+        picks = np.linspace(0, len(feats) - rows, 3).astype(int)
+        _, nwall, _ = timed(lambda: [matmul_t(feats[a : a + rows], feats) for a in picks])
+        full = nwall / (3 * rows) * len(feats)
+        print(
+            f"(c0') the (Q+G) x (Q+G) matmul alone, from 3 blocks of {rows} rows in this run: "
+            f"{full:.2f} s; re-ranking = {rwall / full:.2f}x of it"
+        )
         rr = evaluate(None, None, qp, gp, qc, gc, distmat=dist)
         print(f"    re-ranked mAP {rr['mAP']:.4f} rank1 {rr['rank1']:.4f}")
         if args.rerank_reference and device.type == "cpu":

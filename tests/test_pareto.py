@@ -64,7 +64,7 @@ def test_front_ranks_meet_their_definition():
     [
         ({"objective": [{"metric": "cost.latency_ms"}, {"metric": "mAP"}]}, "first objective"),
         ({"searcher": "cmaes", "search": {}}, "searcher: cmaes searches one objective"),
-        ({"scheduler": "asha"}, "scheduler: asha compares trials on one score"),
+        ({"scheduler": "hyperband"}, "scheduler: hyperband compares trials on one score"),
         ({"objective": [{"metric": "mAP"}, {"metric": "mAP"}]}, "mAP is listed twice"),
         ({"objective": [{"metric": "mAP"}, {"metric": "rank1", "reduce": "last"}]}, "reduce"),
         ({"constraints": ["latency < 3"]}, "'latency' is not a metric"),

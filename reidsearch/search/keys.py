@@ -52,6 +52,7 @@ FINISHED, DIVERGED = "finished", "diverged"
 STATE_DIR = "reidsearch"  # the subfolder of the Tune experiment folder with our state files
 MLFLOW_RUNS_FILE = "mlflow_runs.json"  # the tracker's run ids and logged epochs per trial
 ASHA_STATE_FILE = "asha_state.json"  # ASHA's rungs
+FRONT_ASHA_STATE_FILE = "front_asha_state.json"  # the multi-objective ASHA's rungs
 STUDY_FILE = "study.journal"  # the search's Optuna study (an Optuna journal file)
 SEARCH_RECORD_FILE = "search.json"  # where a search logs and what it trains on (for --resume)
 OUTCOME_FILE = "outcome.json"  # in a trial's Train run folder: how the trial ended

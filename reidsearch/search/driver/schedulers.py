@@ -23,8 +23,10 @@ from reidsearch.internals.ray_internals import (
     bracket_rungs,
     set_asha_stop_count,
 )
+from reidsearch.objective import ObjectiveConfig
+from reidsearch.search.driver.front_asha import FrontASHA
 from reidsearch.search.driver.ray_schedulers import EpochMedianStopping, PausingHyperBand
-from reidsearch.search.keys import ASHA_STATE_FILE
+from reidsearch.search.keys import ASHA_STATE_FILE, FRONT_ASHA_STATE_FILE
 from reidsearch.search.results.state_files import state_path
 from reidsearch.search.space import SchedulerSettings
 from reidsearch.storage import exists, read_text, write_text
@@ -122,6 +124,7 @@ def build_scheduler(
     grace_period: int,
     reduction_factor: float,
     min_samples_required: int = 3,
+    objectives: list[ObjectiveConfig] | None = None,
 ) -> TrialScheduler:
     """The space's scheduler, on epochs (not Tune iterations: a restarted trial repeats its
     reports): resumable ASHA, synchronous HyperBand, median stopping, or FIFO (``none``).
@@ -139,6 +142,14 @@ def build_scheduler(
     if kind == "median":
         return EpochMedianStopping(
             grace_period=grace_period, min_samples_required=min_samples_required
+        )
+    if objectives and len(objectives) > 1:  # several objectives: keep each rung's front
+        return FrontASHA(
+            objectives=objectives,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+            max_t=max_t,
+            state_path=state_path(experiment_dir, FRONT_ASHA_STATE_FILE),
         )
     return ResumableASHA(
         state_path=state_path(experiment_dir, ASHA_STATE_FILE),

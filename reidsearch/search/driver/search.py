@@ -177,6 +177,7 @@ def run_search(
                     max_t=space.scheduler.max_t or space.fixed_config.epochs,
                     grace_period=space.scheduler.grace_period,
                     reduction_factor=space.scheduler.reduction_factor,
+                    objectives=space.all_objectives,
                 ),
                 num_samples=space.trials,
                 max_concurrent_trials=plan.max_concurrent if space.searcher == "grid" else None,

@@ -3,7 +3,7 @@
 The first objective is a quality metric: it picks each trial's score epoch and kept checkpoint.
 The others are read at that epoch (quality metrics, or ``cost.*``). Only searchers that search
 several objectives may have several, and only the schedulers that compare trials on all of them
-(none yet stops early on a front: ``scheduler: none``).
+(``asha``, as ``driver.front_asha``: it keeps each rung's front; or ``none``).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def parse_objectives(
                 f"{src}: searcher: {searcher} searches one objective; with "
                 f"{len(objectives)} use nsga2, tpe or gp"
             )
-        if scheduler != "none":
+        if scheduler not in ("asha", "none"):
             raise ConfigError(
                 f"{src}: scheduler: {scheduler} compares trials on one score; with "
-                f"{len(objectives)} objectives use scheduler: none"
+                f"{len(objectives)} objectives use asha (it keeps each rung's front) or none"
             )
     rules = [parse_rule(text, f"{src}: constraints[{i}]") for i, text in enumerate(constraints)]
     return objectives, rules
