@@ -58,6 +58,21 @@ def test_front_ranks_meet_their_definition():
     assert front_ranks([[1, 5], [2, 4], [1, 4], [0, 9]], ["max", "min"]) == [3, 1, 2, 4]
 
 
+def test_hypervolume_counts_the_dominated_area():
+    from reidsearch.search.results.front_summary import hypervolume
+
+    rng = random.Random(2)
+    for _ in range(30):
+        points = [[rng.randint(0, 9), rng.randint(0, 9)] for _ in range(rng.randint(1, 6))]
+        # Independently: the unit cells of [0, 10)^2 some point is at or below in both.
+        cells = sum(
+            any(x <= a and y <= b for x, y in points) for a in range(10) for b in range(10)
+        )
+        assert hypervolume(points, ["min", "min"], [10, 10]) == cells
+        flipped = [[-x, y] for x, y in points]  # the first objective maximised
+        assert hypervolume(flipped, ["max", "min"], [-10, 10]) == cells
+
+
 @pytest.mark.fault("bad_input")
 @pytest.mark.parametrize(
     ("fields", "words"),
@@ -114,6 +129,23 @@ def test_a_multi_objective_search_from_optuna_to_the_board_and_the_pick(
     ]
     text = reidsearch.search.results.leaderboard.format_leaderboard(board)
     assert "front: Pareto rank over mAP (max), cost.feature_bytes (min)" in text
+    # The parent run: each trial's front as a metric (the MLflow view sorts by it), the
+    # hypervolume after each trial, Optuna's Pareto-front picture.
+    from mlflow.tracking import MlflowClient
+
+    from reidsearch.search.results.ui_view import search_view
+
+    client = MlflowClient(tracking_uri=plan.tracking_uri)
+    for row in rows:
+        assert client.get_run(row["run_id"]).data.metrics["front"] == row["front"]
+    parent = client.get_run(client.get_run(rows[0]["run_id"]).data.tags["mlflow.parentRunId"])
+    history = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert all(a.value <= b.value for a, b in zip(history, history[1:], strict=False))
+    pictures = {a.path for a in client.list_artifacts(parent.info.run_id, "front")}
+    assert pictures == {"front/pareto_front.png"}
+    view = search_view(plan.tracking_uri, search=Path(plan.experiment_dir).name)
+    assert view.state["orderByKey"] == "metrics.`front`" and view.state["orderByAsc"]
 
     # A model from the front: the best score among the trials with small features.
     small = min(r["cost"]["cost.feature_bytes"] for r in rows)

@@ -15,6 +15,9 @@ SEARCH_TAG = "reidsearch.search"  # the search's name, on both
 OBJECTIVE_TAG = "reidsearch.objective"  # json of the search's ObjectiveConfig, on the parent
 OBJECTIVES_TAG = "reidsearch.objectives"  # every objective (JSON list), a multi-objective one
 CONSTRAINTS_TAG = "reidsearch.constraints"  # the space's constraints (JSON list of rules)
+FRONT_KEY = "front"  # a trial's Pareto rank (1 = on the front), logged when its search ended
+HYPERVOLUME_KEY = "hypervolume"  # on the parent: the front's, after each ranked trial
+REFERENCE_TAG = "reidsearch.hypervolume_reference"  # the point the hypervolume is taken to
 EXPERIMENT_DIR_TAG = "reidsearch.experiment_dir"  # the search's Tune folder, on the parent
 BEST_TRIAL_TAG = "best_trial"  # the best trial's Tune id, on a finished search's parent
 TRIAL_TAG = "reidsearch.trial_id"  # the Tune trial id, on a trial run

@@ -55,9 +55,11 @@ from reidsearch.search.keys import (
     TRIAL_TAG,
 )
 from reidsearch.search.results.best_trial import checkpoint_location
+from reidsearch.search.results.front_summary import log_front_summary
 from reidsearch.search.results.run_names import readable_run_name
 from reidsearch.search.results.state_files import state_path
 from reidsearch.search.results.store import get_or_create_experiment
+from reidsearch.search.results.study import load_study
 from reidsearch.search.results.summary import log_search_summary
 from reidsearch.search.rules import finite, stopped_early
 from reidsearch.search.space.params import ParamSpec
@@ -366,4 +368,7 @@ class MLflowSearchTracker(Callback):
             self.mode,
             self.full_epochs,
         )
+        if self._front_tags():  # several objectives, or constraints: the front's summary
+            study = load_study(self.experiment_dir)
+            log_front_summary(self.client, self.tracking_uri, self.parent_run_id, study)
         self.client.set_terminated(self.parent_run_id, status=FINISHED_STATUS)

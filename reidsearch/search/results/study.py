@@ -87,3 +87,14 @@ def fetch_journal(experiment_dir: str) -> Path | None:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 local.write_bytes(data)
     return local if local.is_file() else None
+
+
+def load_study(experiment_dir: str) -> Any:
+    """The search's study from its journal on this machine (None: it has none)."""
+    import optuna
+
+    if fetch_journal(experiment_dir) is None:
+        return None
+    return optuna.load_study(
+        study_name=study_name(experiment_dir), storage=study_storage(experiment_dir)
+    )

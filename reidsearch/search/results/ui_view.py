@@ -28,9 +28,12 @@ from reidsearch.config import ObjectiveConfig
 from reidsearch.engine.scoring import SCORE_KEY
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.keys import (
+    CONSTRAINTS_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    FRONT_KEY,
     OBJECTIVE_TAG,
+    OBJECTIVES_TAG,
     PARENT_TAG,
     SCORED_PREFIX,
     SEARCHED_PREFIX,
@@ -58,17 +61,20 @@ def view_key(parent_run_id: str) -> str:
 
 
 def view_state(
-    parent_run_id: str, objective: ObjectiveConfig, searched: list[str]
+    parent_run_id: str, objective: ObjectiveConfig, searched: list[str], front: bool = False
 ) -> dict[str, Any]:
-    """The runs-table state: this search's trials, best first, objective and metrics as columns."""
+    """The runs-table state: this search's trials, best first (a multi-objective search: its
+    Pareto front first, by the trials' ``front`` rank), objective and metrics as columns."""
     metrics = [column("metrics", SCORE_KEY), *(column("metrics", m) for m in VIEW_METRICS)]
+    if front:
+        metrics.insert(0, column("metrics", FRONT_KEY))
     params = [column("params", f"{SEARCHED_PREFIX}{key}") for key in searched]
     # The UI sizes only the columns its order lists: the run name is wide enough to read.
     widths = {RUN_NAME_COLUMN: 420, **dict.fromkeys(metrics, 120), **dict.fromkeys(params, 150)}
     return {
         "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-        "orderByKey": column("metrics", SCORE_KEY),
-        "orderByAsc": objective.mode == "min",
+        "orderByKey": column("metrics", FRONT_KEY if front else SCORE_KEY),
+        "orderByAsc": front or objective.mode == "min",
         "selectedColumns": [*metrics, *params],
         "columnOrder": [RUN_NAME_COLUMN, *metrics, *params],
         "columnWidths": widths,
@@ -125,7 +131,12 @@ def build_view(client: Any, parent: Any) -> SearchView:
         experiment_id=experiment_id,
         parent_run_id=run_id,
         name=f"reidsearch {search_label(parent)}",
-        state=view_state(run_id, objective, searched_keys(client, experiment_id, run_id)),
+        state=view_state(
+            run_id,
+            objective,
+            searched_keys(client, experiment_id, run_id),
+            front=OBJECTIVES_TAG in parent.data.tags or CONSTRAINTS_TAG in parent.data.tags,
+        ),
         created_ms=int(parent.info.start_time or time.time() * 1000),
     )
 
