@@ -145,6 +145,37 @@ def test_share_to_match_reads_random_searchs_best_at_each_budget() -> None:
     assert share_to_match(random_curve, tpe_curve, 4) == float("inf")  # 0.6: never
 
 
+def test_search_grid_report_reads_each_pair_against_random_of_its_seed(capsys) -> None:
+    sys.path.insert(0, str(BENCH))
+    from search_grid import report, space_for
+
+    done = {
+        ("wide", "random+none", 0): [(1, 0.1), (2, 0.4), (3, 0.4), (4, 0.6)],
+        ("wide", "random+none", 1): [(1, 0.2), (2, 0.2), (3, 0.3), (4, 0.3)],
+        ("wide", "tpe+asha", 0): [(1, 0.4), (2, 0.5), (3, 0.5), (4, 0.5)],
+        ("wide", "tpe+asha", 1): [(1, 0.1), (2, 0.3), (3, 0.3), (4, 0.3)],
+        ("wide", "gp+asha", 2): [(1, 0.9)],  # no random run of seed 2: not compared
+    }
+    report(done, [2, 4], 4)
+    out = capsys.readouterr().out
+    lines = {line.split(" over ")[0]: line for line in out.splitlines() if " over " in line}
+    # random search's own line: where it first reached its best after each budget
+    assert "[0, 1]: " in lines["grid wide random+none"]
+    assert (
+        "at 2: 75% (100%, 50%); 4: 88% (100%, 75%) trial-epochs" in lines["grid wide random+none"]
+    )
+    # TPE reached 0.4 after 1 of 2 (seed 0) and 0.2 after 2 of 2 (seed 1); never 0.6 (inf)
+    assert (
+        "at 2: 75% (50%, 100%); 4: never (never, 50%) trial-epochs" in lines["grid wide tpe+asha"]
+    )
+    assert "gp+asha: no seed with a random + none run" in out
+    # samplers that refuse conditional parameters search the same keys, unconditionally
+    assert "when" in space_for("quick", "tpe")["loss.triplet_margin"]
+    assert space_for("quick", "gp").keys() == space_for("quick", "tpe").keys()
+    assert "when" not in space_for("wide", "gp")["loss.triplet_margin"]
+    assert len(space_for("wide", "tpe")) >= 8
+
+
 def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
     from optuna.samplers import RandomSampler
 
@@ -163,3 +194,26 @@ def test_random_search_is_optunas_random_sampler(tmp_path) -> None:
     )
     limiter = build_searcher(space, max_concurrent=1)
     assert isinstance(optuna_search_study(limiter.searcher).sampler, RandomSampler)
+
+
+@pytest.mark.cluster  # a search on its own local Ray
+def test_bench_front_asha_smallest() -> None:
+    out = _run("bench_front_asha.py", "--trials", "3", "--epochs", "2", timeout=600)
+    head = re.search(
+        r"(\d+) trials of (\d+) epochs \((\d+) trial-epochs\); (\d+) on the final", out
+    )
+    assert head, out
+    trials, epochs, full, on_front = map(int, head.groups())
+    assert (trials, epochs, full) == (3, 2, 6) and 1 <= on_front <= 3
+    lines = re.findall(
+        r"(front ASHA|ASHA on mAP alone): stopped (\d+) trial\(s\), (\d+) of (\d+) trial-epochs "
+        r"\((\d+)% saved\); (\d+) of them ended on the final front",
+        out,
+    )
+    assert [line[0] for line in lines] == ["front ASHA", "ASHA on mAP alone"], out
+    for _, stopped, used, total, saved, wrong in lines:
+        stopped, used, total, saved, wrong = map(int, (stopped, used, total, saved, wrong))
+        assert total == full and trials <= used <= full  # every trial runs its first epoch
+        assert saved == round(100 * (1 - used / full))
+        assert wrong <= stopped <= trials and wrong <= on_front
+        assert (stopped == 0) == (used == full)  # a stop is an epoch not run
