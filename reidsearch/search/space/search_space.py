@@ -243,7 +243,10 @@ class SearchSpace:
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in point.items())
             lines.append(f"  first point {i}: {shown}")
         lines.append(f"max_concurrent: {self.max_concurrent}")
-        lines.append(describe_scheduler(self.scheduler, self.fixed_config))
+        scheduler = describe_scheduler(self.scheduler, self.fixed_config)
+        if self.multi_objective and self.scheduler.type == "asha":
+            scheduler += "; on the front: a trial on its rung's Pareto front is never stopped"
+        lines.append(scheduler)
         r = self.resources
         lines.append(
             f"resources per trial: {r.workers} worker{'s' if r.workers != 1 else ''} x "
