@@ -34,7 +34,7 @@ def _report(scheduler, trial_id: str, epoch: int, m_ap: float, feature_bytes: fl
 
 def test_it_stops_only_what_the_rung_dominates_clearly(tmp_path):
     front = _scheduler(tmp_path)
-    assert front._rungs == [1, 2]
+    assert front._rung_epochs == [1, 2]
     assert _report(front, "a", 1, 0.50, 256) == GO  # alone at the rung
     assert _report(front, "b", 1, 0.40, 1024) == STOP  # a is better and cheaper
     assert _report(front, "c", 1, 0.60, 1024) == GO  # the most accurate: on the front

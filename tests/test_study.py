@@ -116,3 +116,28 @@ def test_the_dashboard_of_a_missing_search_is_one_line(tmp_path, capsys):
     assert main(["dashboard", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MLflow store there yet" in err[0]
+
+
+def test_a_trial_told_after_the_last_save_is_not_told_again(tmp_path):
+    """The driver went down after telling the journal a trial's end, before Tune saved the
+    searcher: the restored searcher hears the trial end again (it replays its outcome), and
+    Optuna refuses to update a finished trial; it must be let be, not fail the trial."""
+    import reidsearch
+    from reidsearch.internals.ray_internals import optuna_search_study
+    from reidsearch.search.driver.searcher import build_searcher
+
+    space = reidsearch.load_space(_space(tmp_path))
+    folder = str(tmp_path / "runs" / "studied-1")
+    first = build_searcher(space, max_concurrent=4, experiment_dir=folder).searcher
+    first.suggest("a"), first.suggest("b")
+    first.save(str(tmp_path / "searcher.pkl"))
+    first.on_trial_result("a", {"score": 0.7, "epoch": 2})
+    first.on_trial_complete("a", {"score": 0.7, "epoch": 2})
+
+    again = build_searcher(space, max_concurrent=4, experiment_dir=folder).searcher
+    again.restore(str(tmp_path / "searcher.pkl"))
+    again.on_trial_result("a", {"score": 0.7, "epoch": 2})  # replayed: no error
+    again.on_trial_complete("a", {"score": 0.7, "epoch": 2})
+    again.on_trial_complete("b", {"score": 0.4, "epoch": 2})
+    trials = optuna_search_study(again).trials
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.7), ("COMPLETE", 0.4)]

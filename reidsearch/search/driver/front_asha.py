@@ -52,10 +52,11 @@ class FrontASHA(FIFOScheduler):
         self._objectives = list(objectives)
         self._modes = [str(o.mode) for o in objectives]
         self._rf = reduction_factor
-        self._max_t = max_t
-        self._rungs = [r for r in asha_rungs(grace_period, reduction_factor, max_t) if r < max_t]
+        self._rung_epochs = [
+            r for r in asha_rungs(grace_period, reduction_factor, max_t) if r < max_t
+        ]
         self._state_path = state_path
-        self._recorded: dict[str, dict[str, list[float]]] = {str(r): {} for r in self._rungs}
+        self._recorded: dict[str, dict[str, list[float]]] = {str(r): {} for r in self._rung_epochs}
         self._scored: dict[str, dict[str, float]] = {}  # trial -> its score epoch's values
         self._stopped: set[str] = set()
         self._loaded = False
@@ -95,7 +96,7 @@ class FrontASHA(FIFOScheduler):
             return TrialScheduler.STOP  # stopped before the driver went down: stays stopped
         vector = self.vector(trial_id, result)
         epoch = int(result.get("epoch", 0))
-        for rung in self._rungs:
+        for rung in self._rung_epochs:
             recorded = self._recorded[str(rung)]
             if epoch < rung or trial_id in recorded or vector is None:
                 continue
@@ -110,4 +111,4 @@ class FrontASHA(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def debug_string(self) -> str:
-        return f"FrontASHA: rungs {self._rungs}, {len(self._stopped)} trial(s) stopped"
+        return f"FrontASHA: rungs {self._rung_epochs}, {len(self._stopped)} trial(s) stopped"

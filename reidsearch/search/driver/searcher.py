@@ -41,7 +41,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Tell Optuna the intermediate score at its epoch. ``OptunaSearch`` keys it by Tune's
         ``training_iteration``, which a restarted trial's replayed reports inflate; by epoch, a
         replayed epoch repeats a step Optuna already has and is ignored."""
-        if self.primary in result:  # results without the objective carry no score to tell
+        if self.primary in result and not self._told(
+            trial_id
+        ):  # results without the objective carry no score to tell
             step = int(result.get("epoch", result.get(TRAINING_ITERATION, 0)))
             super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: step})
             self._last_scored()[trial_id] = {self.primary: result[self.primary], "epoch": step}
@@ -66,10 +68,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
         from optuna.trial import TrialState
 
         study = optuna_search_study(self)
-        known = {trial.number for trial in optuna_search_trials(self).values()}
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
+        asked = optuna_search_trials(self)
+        known = {trial.number for trial in asked.values()}
+        frozen = study.get_trials(deepcopy=False)
+        for trial in frozen:
+            if trial.state == TrialState.RUNNING and trial.number not in known:
                 study.tell(trial.number, state=TrialState.FAIL)
+        # Told after Tune's last save (the journal has their end): Tune reports them again
+        # when they replay their outcome, and Optuna refuses to update a finished trial.
+        self._told_before_restore = {
+            trial_id
+            for trial_id, trial in asked.items()
+            if frozen[trial.number].state.is_finished()
+        }
+
+    def _told(self, trial_id: str) -> bool:
+        return trial_id in getattr(self, "_told_before_restore", ())
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -77,6 +91,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Tune completes a trial stopped while paused (HyperBand) without a result: then its
         last scored report says whether it ran its full length (COMPLETE with that score) or
         was stopped early (PRUNED)."""
+        if self._told(trial_id):
+            return  # its end is in the study already (told before the driver went down)
         last = self._last_scored().pop(trial_id, None)
         if result is None and not error:
             result = last
@@ -137,6 +153,8 @@ class ObjectivesOptunaSearch(PruneAwareOptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        if self._told(trial_id):
+            return  # its end is in the study already (told before the driver went down)
         if result is not None and result.get(SCORE_EPOCH_KEY) == result.get("epoch"):
             self._at_score_epoch[trial_id] = self._read(result)
         scored = self._at_score_epoch.pop(trial_id, {})
