@@ -13,6 +13,15 @@ Both curves are anytime curves, so one pair of runs answers for several budgets:
 B (random search's first ``--at-trials`` trials' worth of trial-epochs, and its whole run) it
 prints the share of B that TPE + ASHA needed to reach random search's best after B (the
 issue's target: at most a third).
+
+    .venv/bin/python benchmarks/bench_search.py --grid [--spaces quick wide]
+        [--pairs random+none tpe+asha ...] [--seeds 0 1 2] [--budget 96] [--at-trials 6 12]
+        [--results /tmp/bench_search_grid.jsonl] [--report-only]
+
+``--grid`` compares searcher x scheduler pairs at equal trial-epoch budgets instead, on the
+quickstart's space and a wider one (14 searched settings), on smaller synthetic data; see
+``search_grid.py``. With ``REIDSEARCH_BENCH_LOCK=/path`` set, each search (both modes) holds
+``fcntl.flock`` on that file while its Ray runs.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_startup import quickstart_variant, trial_histories  # noqa: E402
+from search_grid import REFERENCE, SPACES, bench_lock, report, run_grid  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -83,7 +93,13 @@ def run(
             resources={"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
             **{"fixed.epochs": epochs, "fixed.eval.baseline": False},
         )
-        run_search(load_search_space(space_file), address="local", verbose=0)
+        with bench_lock():
+            try:
+                run_search(load_search_space(space_file), address="local", verbose=0)
+            finally:
+                import ray
+
+                ray.shutdown()  # before the lock is released
         return best_by_budget(trial_histories(folder, name, "epoch_score"))
 
 
@@ -103,7 +119,24 @@ def main() -> None:
         default=[6, 12, 18],
         help="also compare at random search's budget after this many trials",
     )
+    ap.add_argument("--grid", action="store_true", help="searcher x scheduler pairs")
+    ap.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES))
+    ap.add_argument(
+        "--pairs", nargs="+", default=[REFERENCE, "tpe+asha"], help="searcher+scheduler"
+    )
+    ap.add_argument("--budget", type=int, default=96, help="trial-epochs per search (grid)")
+    ap.add_argument("--results", default="/tmp/bench_search_grid.jsonl", help="grid: JSON lines")
+    ap.add_argument("--report-only", action="store_true", help="grid: summarise --results")
     args = ap.parse_args()
+    if args.grid or args.report_only:
+        args.budgets = sorted({k * args.epochs for k in args.at_trials} | {args.budget})
+        if args.report_only:
+            from search_grid import load_results
+
+            report(load_results(Path(args.results)), args.budgets, args.budget)
+        else:
+            run_grid(args)
+        return
     budgets = sorted(
         {k * args.epochs for k in args.at_trials if k < args.random_trials}
         | {args.random_trials * args.epochs}
