@@ -15,15 +15,18 @@ model-only loop on pre-made device tensors (the reference, same run, same model)
 and (c) a PIL + torch DataLoader path; then runs a few steps under
 ``torch.cuda.set_sync_debug_mode("error")`` (no host-device sync in the step), and extracts
 features and evaluates them on the device at Market scale (12,936 train images, 3,368 queries x
-15,913 gallery), against the seconds of one training epoch. Then FAISS GPU retrieval (skipped
-without faiss-gpu) and a 2-process NCCL DDP step (skipped with fewer than 2 GPUs). Each check
-prints one line; the exit status is 1 when any failed.
+15,913 gallery), against the seconds of one training epoch. Then torch and FAISS in one process
+(versions, CUDA builds, FAISS's top-k against torch's; ``--expect-faiss-gpu``: no FAISS GPU
+fails), FAISS GPU retrieval (skipped without faiss-gpu) and a 2-process NCCL DDP step (skipped
+with fewer than 2 GPUs). Each check prints one line; the exit status is 1 when any failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -91,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (<= 8)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and sizes, a few steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--expect-faiss-gpu", action="store_true", help="fail without FAISS on a GPU")
     return ap.parse_args(argv)
 
 
@@ -256,6 +261,41 @@ def eval_check(
     return qf, gf
 
 
+def torch_faiss_check(args: argparse.Namespace, device: torch.device) -> None:
+    """torch and FAISS in one process, as in a trial: versions, CUDA builds, CUDA libraries loaded,
+    and FAISS's exact top-k on torch's features scoring as torch's float64 top-k, rank by rank."""
+    try:
+        import faiss
+    except ImportError as exc:
+        report("torch+faiss", not args.expect_faiss_gpu, f"skipped (faiss does not import: {exc})")
+        return
+    wheel = (importlib.metadata.packages_distributions().get("faiss") or ["faiss"])[0]
+    gpu_build = hasattr(faiss, "StandardGpuResources")
+    on_gpu = gpu_build and device.type == "cuda" and faiss.get_num_gpus() > 0
+    line = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), {wheel} "
+    line += f"{faiss.__version__} ({'GPU build' if gpu_build else 'NO GPU support: a CPU wheel'})"
+    if args.expect_faiss_gpu and not on_gpu:
+        report("torch+faiss", False, f"{line}; --expect-faiss-gpu but no FAISS GPU index here")
+        return
+    nq, ng, dim = args.scale["query"], args.scale["gallery"], 64 if args.smoke else 768
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    q, g = (F.normalize(torch.randn(n, dim, device=device, generator=gen), dim=1) for n in (nq, ng))
+    scores = q.double() @ g.double().T
+    want = scores.topk(min(100, ng), dim=1).values
+    index = faiss.IndexFlatIP(dim)
+    index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index) if on_gpu else index
+    index.add(g.float().cpu().numpy())
+    ids = torch.from_numpy(index.search(q.float().cpu().numpy(), want.shape[1])[1]).to(device)
+    valid = bool(((ids >= 0) & (ids < ng)).all())
+    gap = float((scores.gather(1, ids.clamp(0, ng - 1)) - want).abs().max())
+    text = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    libs = ", ".join(sorted(set(re.findall(r"lib(?:cudart|cublas)\.so\.\d+", text)))) or "none"
+    where = "GpuIndexFlatIP" if on_gpu else "IndexFlatIP on the cpu"
+    line += f"; {where}: top-{want.shape[1]} of {nq:,} x {ng:,} scores as torch's top-k, max "
+    line += f"|diff| {gap:.1e}; CUDA libraries loaded: {libs}"
+    report("torch+faiss", valid and gap < 1e-3, line)
+
+
 def _ddp_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     """One rank: three bf16 DDP steps of the run's model, then a checksum of its weights."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -334,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     checks = [
+        ("torch+faiss", torch_faiss_check, (args, device)),
         ("faiss GPU", faiss_check, None if features is None else (report, *features)),
         ("re-ranking", rerank_check, None if features is None else (report, *features)),
         ("DDP", ddp_check, (args, device)),
