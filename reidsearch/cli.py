@@ -1,5 +1,5 @@
 """``reidsearch`` command line: run | train | eval | leaderboard | ui | synth | data info |
-cluster check.
+cluster check | store backup/restore.
 
 Heavy imports (torch, ray, mlflow) happen inside the commands, so ``--help`` and validation of
 a malformed file answer at once. User errors print one line and exit with code 2.
@@ -16,6 +16,7 @@ from reidsearch import __version__
 from reidsearch.cli_cluster import add_cluster_commands
 from reidsearch.cli_model import add_model_commands
 from reidsearch.cli_run import add_run_command
+from reidsearch.cli_store import add_store_commands
 from reidsearch.config import LAYOUTS, RETRIEVALS
 from reidsearch.errors import ReidSearchError
 from reidsearch.redact import mask_secrets  # for what is printed; connections use the real URI
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(sub)
     add_model_commands(sub)
+    add_store_commands(sub)
     return parser
 
 
