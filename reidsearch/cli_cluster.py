@@ -46,7 +46,7 @@ def check_run_cluster(space: Any, args: argparse.Namespace) -> None:
 
 
 def add_cluster_commands(sub: Any) -> None:
-    """Register ``cluster check`` on the top-level subparsers."""
+    """Register ``cluster check`` and ``cluster on-premise`` on the top-level subparsers."""
     p = sub.add_parser("cluster", help="Ray cluster files (cluster.yaml)")
     cluster_sub = p.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
     q = cluster_sub.add_parser(
@@ -56,3 +56,47 @@ def add_cluster_commands(sub: Any) -> None:
     q.add_argument("space", nargs="?", help="search-space YAML to check against the cluster")
     q.add_argument("--storage", help="as `run --storage`: overrides the space's storage_path")
     q.set_defaults(func=cmd_cluster_check)
+    add_on_premise_command(cluster_sub)
+
+
+def cmd_cluster_on_premise(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reidsearch.search.cluster.on_premise import on_premise_config
+
+    given = (("CPU", args.worker_cpus), ("GPU", args.worker_gpus))
+    overrides = {k: v for k, v in given if v is not None}
+    config = on_premise_config(
+        args.cluster, args.head_ip, args.worker_ip or [], args.ssh_user, args.ssh_key,
+        worker_type=args.worker_type, worker_resources=overrides,
+    )
+    text = yaml.safe_dump(config, sort_keys=False, width=100)
+    header = f"# Made by `reidsearch cluster on-premise` from {args.cluster}: edit that file.\n"
+    if args.output in (None, "-"):
+        print(header + text, end="")
+    else:
+        from pathlib import Path
+
+        Path(args.output).write_text(header + text)
+        workers = len(config["provider"]["worker_ips"])
+        print(f"{args.output}: the on-premise cluster file (the head and {workers} worker "
+              f"machine(s)); start it with `ray up {args.output}`")
+    return 0
+
+
+def add_on_premise_command(cluster_sub: Any) -> None:
+    q = cluster_sub.add_parser(
+        "on-premise",
+        help="the cluster file's commands on machines you have (Ray's local provider, over ssh)",
+    )
+    q.add_argument("cluster", help="the cloud cluster file, e.g. cluster.yaml")
+    q.add_argument("--head-ip", required=True, help="address of the machine that becomes the head")
+    q.add_argument("--worker-ip", action="append", help="a worker machine's address (repeat)")
+    q.add_argument("--ssh-user", required=True, help="the user ssh logs in as on every machine")
+    q.add_argument("--ssh-key", required=True, help="the private key that logs in (a path)")
+    q.add_argument("--worker-type", help="node type whose resources the workers have "
+                   "(default: the file's first worker type)")
+    q.add_argument("--worker-cpus", type=int, help="CPUs of each worker machine")
+    q.add_argument("--worker-gpus", type=int, help="GPUs of each worker machine")
+    q.add_argument("-o", "--output", help="file to write (default: standard output)")
+    q.set_defaults(func=cmd_cluster_on_premise)

@@ -81,13 +81,16 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server(bucket: str = "reidsearch", log_dir: str | Path | None = None):
-    """moto's S3 server in a subprocess, with ``bucket`` created; yields an ``S3Server``."""
+def s3_server(
+    bucket: str = "reidsearch", log_dir: str | Path | None = None, host: str = "127.0.0.1"
+):
+    """moto's S3 server in a subprocess on ``host``, with ``bucket`` created; yields an
+    ``S3Server``."""
     import pyarrow.fs as pafs
 
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    endpoint = f"http://{host}:{port}"
+    cmd = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
     log = Path(log_dir or tempfile.gettempdir()) / f"moto-{port}.log"
     with _server(cmd, endpoint + "/moto-api/", log, timeout=60):
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
