@@ -217,3 +217,27 @@ def test_bench_front_asha_smallest() -> None:
         assert saved == round(100 * (1 - used / full))
         assert wrong <= stopped <= trials and wrong <= on_front
         assert (stopped == 0) == (used == full)  # a stop is an epoch not run
+
+
+def test_bench_node_setup_dry_run_prints_cluster_yamls_command() -> None:
+    import yaml
+
+    cluster = yaml.safe_load((BENCH.parent / "cluster.yaml").read_text())
+    (expected,) = [c for c in cluster["setup_commands"] if "pip install" in c]
+    lines = _run("bench_node_setup.py", "--dry-run", "--warm-repeats", "3").splitlines()
+    assert lines[1] == expected  # the command is cluster.yaml's, byte for byte
+    assert "--filter 'dir-merge,- .gitignore'" in lines[2] and "$HOME/reidsearch/" in lines[2]
+    assert lines[3].startswith("cold: a brand-new venv") and "each of 3 runs" in lines[4]
+
+
+def test_bench_node_setup_reads_the_branch_and_the_ratio() -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_node_setup import branch_of, executed_pip, summarize
+
+    trace = "+ python -c 'import torch, faiss'\n+ pip install -q --no-deps -e /h/reidsearch\n"
+    assert branch_of(executed_pip(trace)) == "light"
+    assert branch_of(executed_pip("+ pip install -q -e '/h/reidsearch[gpu]'")) == "heavy"
+    assert branch_of(executed_pip("pip: command not found")) == "none"
+    assert summarize(300.0, [5.0, 7.0, 6.0]) == {
+        "cold_s": 300.0, "warm_median_s": 6.0, "warm_s": [5.0, 7.0, 6.0], "ratio": 50.0
+    }
