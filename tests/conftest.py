@@ -59,6 +59,29 @@ def tiny_config_dict(**overrides) -> dict:
     return cfg
 
 
+def tiny_space(folder: Path, name: str, epochs: int = 1, **fields) -> Path:
+    """``<folder>/<name>.yaml``: a 2-trial search of ``model.lam`` on the tiny config, 2 at a
+    time in-process, no scheduler, results and a sqlite store in ``folder``. ``fields`` replace
+    top-level keys (``fixed``, ``trials``, ``mlflow``, ...); None drops one."""
+    import yaml
+
+    space = {
+        "name": name,
+        "fixed": tiny_config_dict(epochs=epochs),
+        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
+        "trials": 2,
+        "max_concurrent": 2,
+        "scheduler": {"type": "none"},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
+        "storage_path": str(folder / "runs"),
+        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        **fields,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in space.items() if v is not None}))
+    return path
+
+
 def learnable_config_dict(**overrides) -> dict:
     """Enough identities (160) at 128x64 that a few epochs clearly beat the untrained model."""
     data = {

@@ -6,31 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from reidsearch.cli import main  # noqa: E402
 from reidsearch.search.keys import KIND_TAG, PARENT_TAG, TRIAL_TAG  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_space  # noqa: E402
 
 
 def _space(folder: Path) -> Path:
-    space = {
-        "name": "grow",
-        "fixed": tiny_config_dict(epochs=1),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 2,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-    }
-    path = folder / "grow.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    return tiny_space(folder, "grow")
 
 
 def _trial_runs(uri: str) -> dict[str, object]:

@@ -9,37 +9,23 @@ import random
 from pathlib import Path
 
 import pytest
-import yaml
 
 import reidsearch
 from reidsearch.errors import ConfigError
 from reidsearch.search.results.pareto import dominates, front_ranks
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_space
 
 TWO = [{"metric": "mAP"}, {"metric": "cost.feature_bytes"}]
 
 
 def _space(folder: Path, **fields) -> Path:
-    space = {
-        "name": "front",
-        "fixed": tiny_config_dict(epochs=1),
-        "search": {
-            "model.head": {"type": "choice", "values": ["latf", "latfpp"]},
-            "model.lam": {"type": "uniform", "low": 0.5, "high": 10.0},
-        },
-        "objective": TWO,
-        "searcher": "nsga2",
-        "trials": 4,
-        "max_concurrent": 2,
-        "scheduler": "none",
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-        **fields,
+    search = {
+        "model.head": {"type": "choice", "values": ["latf", "latfpp"]},
+        "model.lam": {"type": "uniform", "low": 0.5, "high": 10.0},
     }
-    path = folder / "front.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    fields = {"objective": TWO, "searcher": "nsga2", "trials": 4, "scheduler": "none",
+              "search": search, **fields}
+    return tiny_space(folder, "front", **fields)
 
 
 def test_front_ranks_meet_their_definition():

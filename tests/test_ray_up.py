@@ -7,7 +7,7 @@ with its bucket placeholder filled in and turned into Ray's local-provider file 
 ``reidsearch cluster on-premise``, so its file mounts, setup, head setup and start commands are
 what runs (over ssh, token auth across hosts). The hosts' Python is this venv, as an image holds
 the dependencies; the bucket is a local S3 server. Each phase's time is printed, and written as
-JSON where ``REIDSEARCH_RAY_UP_REPORT`` names a file (benchmarks/bench_ray_up.py reads it).
+JSON where ``REIDSEARCH_RAY_UP_REPORT`` names a file (the figures in the README).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.cluster_harness import s3_server
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, tiny_space
 from tests.ssh_hosts import ensure_openssh, ssh_hosts
 
 pytestmark = pytest.mark.cluster
@@ -37,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 VENV = Path(sys.prefix)
 EXPERIMENT = "rehearsal"
+SPACE = f"{EXPERIMENT}.yaml"
 
 
 def _run(cmd: list[str], env: dict, timeout: float = 600, cwd: Path = REPO):
@@ -69,21 +69,13 @@ def _forward(onprem: Path, env: dict, ports: list[int]):
         proc.wait()
 
 
-def _space(folder: Path, storage: str, trials: int = 2) -> Path:
+def _space(folder: Path, storage: str) -> Path:
+    """The search the rehearsal submits: its folder holds ``rehearsal.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
-    space = {
-        "name": EXPERIMENT,
-        "fixed": tiny_config_dict(epochs=1, **{"data.synthetic.seed": 13}),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": trials,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
-        "seed": 0,
-        "storage_path": storage,
-        "mlflow": {"experiment": EXPERIMENT},
-    }
-    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    fixed = tiny_config_dict(epochs=1, **{"data.synthetic.seed": 13})
+    tiny_space(folder, EXPERIMENT, fixed=fixed, seed=0, storage_path=storage,
+               resources={"workers": 1, "cpus_per_worker": 1},  # Ray Train, on the worker
+               mlflow={"experiment": EXPERIMENT})  # the server: MLFLOW_TRACKING_URI on the head
     return folder
 
 
@@ -164,7 +156,7 @@ def _rehearse(lab, laptop: Path, s3, phases: dict) -> None:
     with _forward(onprem, env, [8265, 5000]):  # the job server and MLflow, token auth on
         timed("search: job submit to end (2 trials x 1 epoch)", [
             ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
-            str(job), "--", "reidsearch", "run", "space.yaml"])
+            str(job), "--", "reidsearch", "run", SPACE])
         trials = _trials("http://127.0.0.1:5000")  # the leaderboard, through the forward
         board = _run([str(BIN / "reidsearch"), "leaderboard", "--tracking-uri",
                       "http://127.0.0.1:5000", "--experiment", EXPERIMENT], env)
@@ -189,9 +181,9 @@ def _rehearse(lab, laptop: Path, s3, phases: dict) -> None:
         again = _trials("http://127.0.0.1:5000")
     assert sorted(t.data.metrics["score"] for t in again) == scores
     # `ray exec` on the new head: the same search, extended to 3 trials.
-    _run([ray, "rsync-up", str(onprem), str(job / "space.yaml"), "space.yaml"], env)
+    _run([ray, "rsync-up", str(onprem), str(job / SPACE), SPACE], env)
     timed("resume to 3 trials (ray exec)",
-          [ray, "exec", str(onprem), "reidsearch run space.yaml --resume --trials 3"])
+          [ray, "exec", str(onprem), f"reidsearch run {SPACE} --resume --trials 3"])
     with _forward(onprem, env, [5000]):
         resumed = _trials("http://127.0.0.1:5000")
     assert len(resumed) == 3

@@ -9,31 +9,18 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from reidsearch.cli import main  # noqa: E402
 from reidsearch.search.keys import CHECKPOINT_TAG  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_config_dict, tiny_space  # noqa: E402
 
 
 def _space(folder: Path, name: str, fixed: dict, **fields) -> Path:
-    space = {
-        "name": name,
-        "fixed": fixed,
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 2,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        **fields,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    fields.setdefault("mlflow", None)  # the store the test passes to run_search
+    return tiny_space(folder, name, fixed=fixed, **fields)
 
 
 def _run(path: Path, uri: str | None = None) -> tuple:

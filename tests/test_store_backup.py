@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -23,7 +22,7 @@ from reidsearch.cli import main  # noqa: E402
 from reidsearch.search.cluster.tracking_store import BACKUP_ENV, DB_ENV, restore_store  # noqa: E402
 from reidsearch.search.driver.store_backup import TrackingStoreBackup, store_backups  # noqa: E402
 from tests.cluster_harness import mlflow_server, s3_fixture  # noqa: E402, F401 - the s3 fixture
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_space  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -282,19 +281,7 @@ def test_a_search_on_the_head_leaves_its_whole_store_in_the_bucket(
 
     db = tmp_path / "mlflow" / "mlflow.db"
     db.parent.mkdir()
-    space = {
-        "name": "kept",
-        "fixed": tiny_config_dict(epochs=1),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 2,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(tmp_path / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{db}"},
-    }
-    path = tmp_path / "kept.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = tiny_space(tmp_path, "kept", mlflow={"tracking_uri": f"sqlite:///{db}"})
     backup = s3_env.uri("reidsearch/mlflow/mlflow.db")
     monkeypatch.setenv(DB_ENV, str(db))
     monkeypatch.setenv(BACKUP_ENV, backup)

@@ -11,30 +11,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from tests.cluster_harness import free_port  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_space  # noqa: E402
 
 
 def _space(folder: Path) -> Path:
-    space = {
-        "name": "studied",
-        "fixed": tiny_config_dict(epochs=2),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 2,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-    }
-    path = folder / "studied.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    return tiny_space(folder, "studied", epochs=2)
 
 
 def _get(url: str, timeout: float = 60) -> dict:

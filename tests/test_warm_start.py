@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("ray")
 optuna = pytest.importorskip("optuna")
@@ -20,25 +19,11 @@ from reidsearch.errors import ReidSearchError  # noqa: E402
 from reidsearch.search.driver.search_record import write_search_record  # noqa: E402
 from reidsearch.search.driver.warm_start import earlier_trials  # noqa: E402
 from reidsearch.search.results.study import study_name, study_storage  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_space  # noqa: E402
 
 
 def _space(folder: Path, **fields) -> Path:
-    space = {
-        "name": "warm",
-        "fixed": tiny_config_dict(epochs=2),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 2,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-        **fields,
-    }
-    path = folder / "warm.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    return tiny_space(folder, "warm", epochs=2, **fields)
 
 
 def _earlier_search(folder: Path, space) -> str:
