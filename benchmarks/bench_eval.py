@@ -2,16 +2,23 @@
 
     python benchmarks/bench_eval.py --queries 3368 --gallery 15913 --dim 768
     python benchmarks/bench_eval.py --device cuda --skip-rerank
+    python benchmarks/bench_eval.py --skip-rerank --fastreid-cy DIR   # DIR: a built rank_cy
 
 Needs only torch and numpy (no faiss). Features are random but identity-structured (identity
 centre + noise), with Market-like pids and cameras and some junk, so rankings are not trivial.
+The re-ranking runs in a child process of its own, so that its peak RSS (the child's
+``ru_maxrss``: data and re-ranking, nothing else) is exact.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,20 +115,84 @@ def timed(fn, repeats: int = 1):
     return out, best, best_cpu
 
 
-def against_matmul(fn, matmul, repeats: int):
-    """``fn`` timed in pairs with the matmul, interleaved, so both see the same machine load
-    (the dev machines are shared). Returns the result, fn's median wall and CPU seconds, the
-    matmul's median wall and the median of the per-pair ratios."""
-    walls, cpus, mwalls, ratios, out = [], [], [], [], None
+def interleaved(fn, ref, repeats: int):
+    """``fn`` timed in pairs with ``ref``, interleaved, so both see the same machine load (the
+    dev machines are shared). Returns fn's result, its median wall and CPU seconds, ref's median
+    wall and the median of the per-pair ratios fn / ref."""
+    walls, cpus, rwalls, ratios, out = [], [], [], [], None
     for _ in range(repeats):
         out, wall, cpu = timed(fn)
-        _, mwall, _ = timed(matmul)
+        _, rwall, _ = timed(ref)
         walls.append(wall)
         cpus.append(cpu)
-        mwalls.append(mwall)
-        ratios.append(wall / mwall)
+        rwalls.append(rwall)
+        ratios.append(wall / rwall)
     med = np.median
-    return out, float(med(walls)), float(med(cpus)), float(med(mwalls)), float(med(ratios))
+    return out, float(med(walls)), float(med(cpus)), float(med(rwalls)), float(med(ratios))
+
+
+def fastreid_eval(rank_cy, q_t, g_t, qp, gp, qc, gc):
+    """fast-reid's evaluation as its evaluator runs it: the cosine distance matrix (here from
+    the same numpy matmul as ours) and its Cython ``evaluate_cy`` (argsort per row, then loops),
+    on the gallery without junk (fast-reid's dataset loaders drop pid -1). Returns a callable
+    giving its mAP."""
+    keep = np.flatnonzero(gp != -1)
+    g_k = g_t[torch.from_numpy(keep)].contiguous()
+
+    def run() -> float:
+        dist = 1.0 - matmul_t(q_t, g_k).numpy()
+        _, all_ap, _ = rank_cy.evaluate_cy(dist, qp, gp[keep], qc, gc[keep], 50)
+        return float(np.mean(all_ap))
+
+    return run
+
+
+def reference_rerank(q: torch.Tensor, g: torch.Tensor):
+    """The re-ranking through its device-neutral torch code (the GPU's; on a CPU before issue
+    24): the row-wise matmul + top-k neighbour pass, torch's sets and query expansion."""
+    from reidsearch.evaluation import rerank
+    from reidsearch.evaluation.tensors import single_thread
+
+    workers = torch.get_num_threads()
+    with torch.inference_mode(), single_thread(q.device.type == "cpu"):
+        dist = rerank._FeatureDistance(torch.cat([q, g]))
+        return rerank._rerank(
+            dist, len(q), 20, 6, 0.3, 1024, 1 << 23, workers=workers, cpu_paths=False
+        )
+
+
+def rerank_child(args) -> None:
+    """One re-ranking in this (child) process: print a JSON line, save every 97th row."""
+    from reidsearch.evaluation.rerank import re_rank
+
+    device = torch.device(args.device)
+    qf, gf, qp, gp, qc, gc = make_data(
+        args.queries, args.gallery, args.dim, args.ids, args.cameras, args.noise, 0
+    )
+    q_t, g_t = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
+    if args.rerank_child == "new":
+        fn = lambda: re_rank(q_t, g_t)  # noqa: E731
+    else:
+        fn = lambda: reference_rerank(q_t, g_t)  # noqa: E731
+    with PeakRSS() as mem:
+        dist, wall, cpu = timed(fn)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cuda = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    dist = torch.as_tensor(dist).cpu()
+    np.save(args.rerank_out, dist[::97].numpy())
+    rr = evaluate(None, None, qp, gp, qc, gc, distmat=dist)
+    keys = ("wall", "cpu", "maxrss", "sampled", "start", "cuda", "mAP", "rank1")
+    values = (wall, cpu, maxrss, mem.peak, mem.base, cuda, rr["mAP"], rr["rank1"])
+    print(json.dumps(dict(zip(keys, values, strict=True))))
+
+
+def run_rerank_child(mode: str, out: str) -> dict:
+    """This script again, as a child re-ranking the same data (``rerank_child``)."""
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--rerank-child", mode, "--rerank-out", out]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if run.returncode != 0:
+        raise SystemExit(f"re-ranking child ({mode}) failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def with_path(path: str, q, g, qp, gp, qc, gc):
@@ -165,9 +236,25 @@ def main() -> None:
     ap.add_argument(
         "--rerank-reference",
         action="store_true",
-        help="also re-rank with one torch thread (the earlier single-threaded top-k pass)",
+        help="also re-rank through the device-neutral torch code (row-wise neighbour pass, the "
+        "CPU's before issue 24), in a child process of its own",
     )
+    ap.add_argument(
+        "--fastreid-cy",
+        metavar="DIR",
+        help="a folder with fast-reid's rank_cy built (its fastreid/evaluation/rank_cylib): "
+        "time its evaluation (distance matrix + Cython) against evaluate() in the same run",
+    )
+    ap.add_argument("--rerank-child", choices=("new", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--rerank-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rerank_child:
+        rerank_child(args)
+        return
+    rank_cy = None
+    if args.fastreid_cy:
+        sys.path.insert(0, str(Path(args.fastreid_cy).resolve()))
+        import rank_cy
 
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
@@ -178,7 +265,7 @@ def main() -> None:
         )
         q_t, g_t = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
         evaluate(q_t[:64], g_t, qp[:64], gp, qc[:64], gc)  # warm-up
-        res, wall, cpu, mwall, ratio = against_matmul(
+        res, wall, cpu, mwall, ratio = interleaved(
             lambda q=q_t, g=g_t, a=(qp, gp, qc, gc): evaluate(q, g, *a),
             lambda q=q_t, g=g_t: matmul_t(q, g),
             args.repeats,
@@ -192,6 +279,18 @@ def main() -> None:
             f"(a0) the query x gallery matmul alone: {mwall:.3f} s; evaluate() = {ratio:.2f}x "
             f"({kind}; median of {args.repeats} interleaved pairs)"
         )
+        if rank_cy is not None:
+            fr_map, fwall, _, ewall, fratio = interleaved(
+                fastreid_eval(rank_cy, q_t, g_t, qp, gp, qc, gc),
+                lambda q=q_t, g=g_t, a=(qp, gp, qc, gc): evaluate(q, g, *a),
+                args.repeats,
+            )
+            print(
+                f"(a2) fast-reid (distance matrix + Cython evaluate_cy): {fwall:.3f} s = "
+                f"{fratio:.2f}x evaluate() ({kind}; median of {args.repeats} interleaved pairs, "
+                f"evaluate() {ewall:.3f} s); its mAP {fr_map:.4f} (|diff| "
+                f"{abs(fr_map - res['mAP']):.1e})"
+            )
     for path in args.paths:
         forced, pwall, _ = timed(
             lambda p=path: with_path(p, q_t, g_t, qp, gp, qc, gc), args.repeats
@@ -217,41 +316,37 @@ def main() -> None:
             f"max |CMC diff| {np.abs(ref['cmc'] - res['cmc']).max():.2e}"
         )
     if not args.skip_rerank:
-        from reidsearch.evaluation.rerank import re_rank
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        with PeakRSS() as mem:
-            dist, rwall, rcpu = timed(lambda: re_rank(q_t, g_t))
+        with tempfile.TemporaryDirectory() as tmp:
+            modes = ["new"] + (["reference"] if args.rerank_reference else [])
+            runs = {m: run_rerank_child(m, os.path.join(tmp, f"{m}.npy")) for m in modes}
+            rows = {m: np.load(os.path.join(tmp, f"{m}.npy")) for m in modes}
+        new = runs["new"]
         line = (
-            f"(c) re-ranking: {rwall:.2f} s wall ({rcpu:.1f} s CPU), "
-            f"peak RSS {mem.peak / 2**30:.2f} GiB (start {mem.base / 2**30:.2f} GiB)"
+            f"(c) re-ranking: {new['wall']:.2f} s wall ({new['cpu']:.1f} s CPU), peak RSS "
+            f"{new['maxrss'] / 2**30:.2f} GiB (its process's ru_maxrss; sampled during the "
+            f"re-ranking {new['sampled'] / 2**30:.2f} GiB, {new['start'] / 2**30:.2f} at its start)"
         )
         if device.type == "cuda":
-            line += f", peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+            line += f", peak CUDA {new['cuda'] / 2**30:.2f} GiB"
         print(line)
         feats = torch.cat([q_t, g_t])
-        rows = min(1024, len(feats))
-        picks = np.linspace(0, len(feats) - rows, 3).astype(int)
-        _, nwall, _ = timed(lambda: [matmul_t(feats[a : a + rows], feats) for a in picks])
-        full = nwall / (3 * rows) * len(feats)
+        block = min(1024, len(feats))
+        picks = np.linspace(0, len(feats) - block, 3).astype(int)
+        _, nwall, _ = timed(lambda: [matmul_t(feats[a : a + block], feats) for a in picks])
+        full = nwall / (3 * block) * len(feats)
         print(
-            f"(c0') the (Q+G) x (Q+G) matmul alone, from 3 blocks of {rows} rows in this run: "
-            f"{full:.2f} s; re-ranking = {rwall / full:.2f}x of it"
+            f"(c0') the (Q+G) x (Q+G) matmul alone, from 3 blocks of {block} rows in this run: "
+            f"{full:.2f} s; re-ranking = {new['wall'] / full:.2f}x of it"
         )
-        rr = evaluate(None, None, qp, gp, qc, gc, distmat=dist)
-        print(f"    re-ranked mAP {rr['mAP']:.4f} rank1 {rr['rank1']:.4f}")
-        if args.rerank_reference and device.type == "cpu":
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one torch thread: the top-k pass as before (issue 11)
-            try:
-                ref_dist, swall, _ = timed(lambda: re_rank(q_t, g_t))
-            finally:
-                torch.set_num_threads(threads)
-            same = float(np.abs(np.asarray(ref_dist) - np.asarray(dist)).max())
+        print(f"    re-ranked mAP {new['mAP']:.4f} rank1 {new['rank1']:.4f}")
+        if "reference" in runs:
+            ref = runs["reference"]
+            same = float(np.abs(rows["reference"] - rows["new"]).max())
             print(
-                f"(c0) re-ranking with the top-k pass on one thread: {swall:.2f} s; "
-                f"(c) = {rwall / swall:.2f}x of it, max |diff| {same:.1e}"
+                f"(c0) re-ranking through the device-neutral torch code (row-wise neighbour "
+                f"pass): {ref['wall']:.2f} s wall ({ref['cpu']:.1f} s CPU), peak RSS "
+                f"{ref['maxrss'] / 2**30:.2f} GiB; (c) = {new['wall'] / ref['wall']:.2f}x of it, "
+                f"max |diff| {same:.1e} (every 97th query row)"
             )
 
 

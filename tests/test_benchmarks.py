@@ -75,7 +75,8 @@ def test_bench_train_smallest() -> None:
 def test_bench_startup_smallest() -> None:
     out = _run(
         "bench_startup.py",
-        *("--trials", "1", "--epochs", "1", "--concurrent", "1", "--runners", "trial_process"),
+        *("--trials", "2", "--epochs", "1", "--concurrent", "1", "--runners", "trial_process"),
+        *("--small-data",),
         timeout=600,
     )
     per_trial = re.findall(r"trial_process: start-up ([\d.]+) s; trial wall time ([\d.]+) s", out)
@@ -84,10 +85,42 @@ def test_bench_startup_smallest() -> None:
         r"([\d.]+) s",
         out,
     )
-    assert len(per_trial) == 1 and summary, out  # one line per trial, and the summary
+    assert len(per_trial) == 2 and summary, out  # one line per trial, and the summary
     startup, wall, search = map(float, summary.groups())
-    assert (startup, wall) == tuple(map(float, per_trial[0]))  # the median of one trial
+    starts, walls = ([float(t[i]) for t in per_trial] for i in (0, 1))
+    assert startup == pytest.approx(sum(starts) / 2, abs=0.011)  # the median of two (rounded)
+    assert wall == pytest.approx(sum(walls) / 2, abs=0.011)
     assert 0 <= startup <= wall <= search  # start-up is part of the trial, the trial of the search
+    # One trial at a time: the second starts in the slot the first one's end handed on.
+    gaps = re.findall(
+        r"trial_process: between trials ([\d.]+) s: a trial ended at ([\d.]+) s, "
+        r"the next one's first step at ([\d.]+) s",
+        out,
+    )
+    median = re.search(
+        r"trial_process: median between trials ([\d.]+) s \(max ([\d.]+) s, 1 gaps\)", out
+    )
+    assert len(gaps) == 1 and median, out
+    gap, ended, first_step = map(float, gaps[0])
+    assert gap == pytest.approx(first_step - ended, abs=0.011) and 0 < gap  # after the end
+    assert float(median[1]) == float(median[2]) == gap  # the median and max of one gap
+    assert ended < search
+
+
+def test_bench_startup_hands_each_slot_on_in_order() -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_startup import between_trials
+
+    # Two at a time: a and b start first; c takes the slot of the first end (b's), d of a's.
+    trials = [
+        {"first_step": 0.1, "end": 2.5},  # a
+        {"first_step": 0.2, "end": 2.0},  # b
+        {"first_step": 2.3, "end": 4.0},  # c
+        {"first_step": 2.9, "end": 5.0},  # d
+    ]
+    gaps = between_trials(trials, concurrent=2)
+    assert [(e, f) for e, f, _ in gaps] == [(2.0, 2.3), (2.5, 2.9)]
+    assert [round(g, 6) for _, _, g in gaps] == [0.3, 0.4]
 
 
 @pytest.mark.cluster  # two searches on their own local Ray

@@ -6,39 +6,43 @@ Logging is idempotent across restarts: per-trial run ids are kept in the experim
 local folder or an ``s3://`` URI), and epochs already logged are not logged again after a worker
 restarts from a checkpoint. Pictures and checkpoints reach MLflow from wherever the trial stored
 them, through Ray's ``Checkpoint`` API (on a cluster: the bucket, not this machine's disk).
+
+In a search (``background=True``) the writes of each trial event run in a background thread
+(``background.py``), in event order, with the event's own times, so that Tune's event loop never
+waits on MLflow or storage between trials; the search's end waits for them all.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from reidsearch.config import ObjectiveConfig
-from reidsearch.engine.checkpoint import CHECKPOINT_FILE
-from reidsearch.engine.scoring import SCORE_EPOCH_KEY, SCORE_KEY
+from reidsearch.engine.scoring import SCORE_EPOCH_KEY
 from reidsearch.redact import mask_secrets
-from reidsearch.search.driver.logged import (
-    CHART_METRICS,
-    SCORED_METRICS,
-    cost_of,
-    flatten_config,
+from reidsearch.search.driver.background import BackgroundWriter
+from reidsearch.search.driver.logged import CHART_METRICS
+from reidsearch.search.driver.trial_runs import (
+    create_trial_run,
+    log_checkpoint_files,
+    record_score,
+    unrecorded_runs,
 )
 from reidsearch.search.driver.trial_states import failure_reason, trial_ended
 from reidsearch.search.keys import (
-    BACKBONE_TAG,
     CHECKPOINT_TAG,
     CONSTRAINTS_TAG,
-    DATASET_TAG,
     EXPERIMENT_DIR_TAG,
     FAILED_STATUS,
     FAILURE_TAG,
     FINAL_STATUSES,
     FINISHED_STATUS,
-    HEAD_TAG,
     INTERRUPTED,
     KIND_TAG,
     MLFLOW_RUNS_FILE,
@@ -46,25 +50,36 @@ from reidsearch.search.keys import (
     NODE_TAG,
     OBJECTIVE_TAG,
     OBJECTIVES_TAG,
-    PARENT_TAG,
     RESUMED_TAG,
     SCORED_PREFIX,
     SEARCH_TAG,
-    SEARCHED_PREFIX,
     STOPPED_EARLY_TAG,
-    TRIAL_TAG,
 )
 from reidsearch.search.results.best_trial import checkpoint_location
 from reidsearch.search.results.front_summary import log_front_summary
-from reidsearch.search.results.run_names import readable_run_name
 from reidsearch.search.results.state_files import state_path
 from reidsearch.search.results.store import get_or_create_experiment
 from reidsearch.search.results.study import load_study
 from reidsearch.search.results.summary import log_search_summary
 from reidsearch.search.rules import finite, stopped_early
 from reidsearch.search.space.params import ParamSpec
-from reidsearch.search.space.trials import resolve_trial
-from reidsearch.storage import exists, filesystem, join, read_text, write_text
+from reidsearch.storage import exists, join, read_text, write_text
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """What a queued write needs of a Tune trial, taken when the event happened."""
+
+    trial_id: str
+    config: dict[str, Any]
+
+    @classmethod
+    def of(cls, trial: Any) -> TrialRef:
+        return cls(trial.trial_id, copy.deepcopy(trial.config))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MLflowSearchTracker(Callback):
@@ -86,6 +101,7 @@ class MLflowSearchTracker(Callback):
         params: list[ParamSpec] | None = None,
         objectives: list[ObjectiveConfig] | None = None,
         constraints: list[str] | None = None,
+        background: bool = False,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -101,7 +117,9 @@ class MLflowSearchTracker(Callback):
         self.params = list(params or [])  # the space's distributions, for the analyses
         self.objectives = list(objectives or [])  # several: the board shows a Pareto front
         self.constraints = list(constraints or [])
+        self.background = background  # trial events' writes off Tune's event loop
         self._client: Any = None
+        self._writer: BackgroundWriter | None = None
         self._state: dict[str, Any] = {}
         self._orphans_checked = False
 
@@ -120,9 +138,18 @@ class MLflowSearchTracker(Callback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
+    @property
+    def writer(self) -> BackgroundWriter:
+        """Where trial events' writes run: a background thread in a search, else inline."""
+        if getattr(self, "_writer", None) is None:  # (trackers pickled before it existed)
+            inline = not getattr(self, "background", False)
+            self._writer = BackgroundWriter("reidsearch-mlflow", inline=inline)
+        return self._writer
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_writer"] = None  # Tune pickles its callbacks: no thread, queue or lock
         return state
 
     @property
@@ -156,6 +183,7 @@ class MLflowSearchTracker(Callback):
             self._save_state()
         else:  # a resumed search
             self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._delete_unrecorded_runs()
             self._reconcile_logged_epochs()
 
     def _front_tags(self) -> dict[str, str]:
@@ -167,6 +195,16 @@ class MLflowSearchTracker(Callback):
             tags[CONSTRAINTS_TAG] = json.dumps(self.constraints)
         return tags
 
+    def _delete_unrecorded_runs(self) -> None:
+        """Trial runs MLflow has but the saved state does not name (the driver died between
+        creating one and saving the state, which is written before any epoch is logged to it):
+        deleted; a trial Tune still knows gets a new run, so MLflow keeps one run per trial."""
+        recorded = {entry["run_id"] for entry in self._state["trials"].values()}
+        for run_id in unrecorded_runs(
+            self.client, self._state["experiment_id"], self.parent_run_id, recorded
+        ):
+            self.client.delete_run(run_id)
+
     def _reconcile_logged_epochs(self) -> None:
         """Epochs MLflow has but the saved state does not (the driver died between logging
         them and saving): counted as logged, so that nothing is logged twice."""
@@ -177,6 +215,7 @@ class MLflowSearchTracker(Callback):
             entry["last_epoch"] = max([entry["last_epoch"], *(m.step for m in history)])
         self._save_state()
 
+    # -- Tune's events: each one's writes are queued with what they need of it (see `writer`)
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         """Once, on the first step of a resumed search: trial runs that Tune does not know
         (started after its last saved state, before the driver went down; the restored search
@@ -184,80 +223,69 @@ class MLflowSearchTracker(Callback):
         if self._orphans_checked:
             return
         self._orphans_checked = True
-        known = {trial.trial_id for trial in trials}
+        self.writer.submit(self._delete_orphans, {trial.trial_id for trial in trials})
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.writer.submit(self._start_trial, TrialRef.of(trial), _now_ms())
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self.writer.submit(self._log_result, TrialRef.of(trial), dict(result), _now_ms())
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.writer.submit(self._finish_trial, TrialRef.of(trial), FINISHED_STATUS, "", _now_ms())
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = failure_reason(trial)
+        self.writer.submit(self._finish_trial, TrialRef.of(trial), FAILED_STATUS, reason, _now_ms())
+
+    # -- the writes (in the writer's thread; the only code that touches the state meanwhile)
+    def _delete_orphans(self, known: set[str]) -> None:
         orphans = [tid for tid in self._state["trials"] if tid not in known]
         for trial_id in orphans:
             self.client.delete_run(self._state["trials"].pop(trial_id)["run_id"])
         if orphans:
             self._save_state()
 
-    def _trial_entry(self, trial: Any) -> dict[str, Any]:
+    def _trial_entry(self, trial: TrialRef, at_ms: int) -> dict[str, Any]:
         entry = self._state["trials"].get(trial.trial_id)
         if entry is not None:
             return entry
-        params, resolved = resolve_trial(self.fixed, trial.config)
-        run = self.client.create_run(
-            self._state["experiment_id"],
-            run_name=readable_run_name(resolved.model.head, params, trial.trial_id),
-            tags={
-                PARENT_TAG: self.parent_run_id,
-                KIND_TAG: "trial",
-                SEARCH_TAG: self.search_name,
-                TRIAL_TAG: trial.trial_id,
-                HEAD_TAG: resolved.model.head,
-                DATASET_TAG: mask_secrets(resolved.data.root)
-                or f"synthetic-{resolved.data.synthetic.layout}",
-                BACKBONE_TAG: resolved.model.backbone,
-            },
+        entry = create_trial_run(
+            self.client,
+            experiment_id=self._state["experiment_id"],
+            parent_run_id=self.parent_run_id,
+            search_name=self.search_name,
+            fixed=self.fixed,
+            trial_id=trial.trial_id,
+            config=trial.config,
+            start_ms=at_ms,
         )
-        from mlflow.entities import Param
-
-        all_params = flatten_config(resolved)
-        all_params.update(
-            {f"{SEARCHED_PREFIX}{k}": mask_secrets(str(v)) for k, v in params.items()}
-        )
-        items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[start : start + 100])
-        self.client.log_text(
-            run.info.run_id,
-            json.dumps(mask_secrets(resolved.model_dump()), indent=2),
-            "config/resolved_config.json",
-        )
-        entry = {
-            "run_id": run.info.run_id,
-            "last_epoch": 0,
-            "score": None,
-            "score_checkpoint": None,
-            "searched": params,
-        }
         self._state["trials"][trial.trial_id] = entry
-        self._save_state()
+        self._save_state()  # before anything else is logged to the run (see setup)
         return entry
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        entry = self._trial_entry(trial)
+    def _start_trial(self, trial: TrialRef, at_ms: int) -> None:
+        entry = self._trial_entry(trial, at_ms)
         if entry.get("status") == INTERRUPTED:  # a resumed search takes it up again
             del entry["status"]
             self.client.update_run(entry["run_id"], status="RUNNING")
             self._save_state()
 
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
+    def _log_result(self, trial: TrialRef, result: dict, at_ms: int) -> None:
         from mlflow.entities import Metric
 
-        entry = self._trial_entry(trial)
+        entry = self._trial_entry(trial, at_ms)
         epoch = int(result.get("epoch", 0))
         if epoch <= entry["last_epoch"]:
             # A restarted run repeats epochs already logged: not logged again, but their score
             # counts (the driver may have died between logging an epoch and saving this state).
-            if self._record_score(entry, result, epoch):
+            if record_score(entry, result, epoch):
                 self._save_state()
             return
-        now = int(time.time() * 1000)
         metrics = [
-            Metric(key, float(result[key]), now, epoch)
+            Metric(key, float(result[key]), at_ms, epoch)
             for key in CHART_METRICS
             if key in result and finite(result[key])
         ]
@@ -277,79 +305,48 @@ class MLflowSearchTracker(Callback):
         if node and node not in entry.setdefault("nodes", []):
             entry["nodes"].append(node)  # a trial resumed elsewhere lists every node it used
             self.client.set_tag(entry["run_id"], NODE_TAG, ",".join(entry["nodes"]))
-        self._record_score(entry, result, epoch)
+        record_score(entry, result, epoch)
         self._save_state()
 
-    @staticmethod
-    def _record_score(entry: dict[str, Any], result: dict, epoch: int) -> bool:
-        """Keep the trial's score as of this report (and the metrics and checkpoint of the epoch
-        it comes from); False when the report carries none."""
-        if SCORE_KEY not in result:
-            return False
-        entry["score"] = float(result[SCORE_KEY])
-        entry["score_epoch"] = int(result[SCORE_EPOCH_KEY])
-        if entry["score_epoch"] == epoch:  # this epoch is now the one the score comes from
-            entry["scored"] = {k: float(result[k]) for k in SCORED_METRICS if k in result}
-            entry["cost"] = cost_of(result)
-            entry["score_checkpoint"] = result.get("checkpoint_path")
-        return True
-
-    def _finish_trial(self, trial: Any, status: str, reason: str = "") -> None:
-        entry = self._trial_entry(trial)
+    def _finish_trial(self, trial: TrialRef, status: str, reason: str, at_ms: int) -> None:
+        entry = self._trial_entry(trial, at_ms)
         if entry.get("status") in FINAL_STATUSES:
             return  # ended before a restart of the driver (Tune reports its end again)
         run_id = entry["run_id"]
         if reason:
             self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         if entry.get("score_checkpoint"):
-            self._log_checkpoint_files(run_id, entry["score_checkpoint"])
+            log_checkpoint_files(
+                self.client,
+                run_id,
+                self.train_storage,
+                entry["score_checkpoint"],
+                self.log_checkpoint,
+            )
             where = checkpoint_location(self.train_storage, entry["score_checkpoint"])
             self.client.set_tag(run_id, CHECKPOINT_TAG, where)  # for `reidsearch export --best`
         if entry.get("score") is not None:
             from mlflow.entities import Metric
 
-            now, step = int(time.time() * 1000), entry["score_epoch"]
+            step = entry["score_epoch"]
             scored = [
-                Metric(f"{SCORED_PREFIX}{key}", value, now, step)
+                Metric(f"{SCORED_PREFIX}{key}", value, at_ms, step)
                 for key, value in entry.get("scored", {}).items()
                 if finite(value)
             ]
-            scored += [Metric(key, v, now, step) for key, v in entry.get("cost", {}).items()]
-            scored.append(Metric(SCORE_EPOCH_KEY, float(step), now, step))
+            scored += [Metric(key, v, at_ms, step) for key, v in entry.get("cost", {}).items()]
+            scored.append(Metric(SCORE_EPOCH_KEY, float(step), at_ms, step))
             self.client.log_batch(run_id, metrics=scored)
             self.client.set_tag(run_id, SCORE_EPOCH_KEY, str(step))
         early = stopped_early(entry["last_epoch"], self.full_epochs, failed=status == FAILED_STATUS)
         self.client.set_tag(run_id, STOPPED_EARLY_TAG, str(early))
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=status, end_time=at_ms)
         entry["status"] = status
         self._save_state()
 
-    def _log_checkpoint_files(self, run_id: str, checkpoint_path: str) -> None:
-        """Pictures (and the checkpoint) of the best epoch, read through Ray's Checkpoint API
-        from the Train storage, wherever that is."""
-        from ray.train import Checkpoint
-
-        filesys, _ = filesystem(self.train_storage)
-        checkpoint = Checkpoint(path=checkpoint_path, filesystem=filesys)
-        try:
-            with checkpoint.as_directory() as directory:
-                for picture in sorted(Path(directory).glob("*.png")):
-                    self.client.log_artifact(run_id, str(picture), "pictures")
-                if self.log_checkpoint:
-                    self.client.log_artifact(
-                        run_id, str(Path(directory) / CHECKPOINT_FILE), "checkpoint"
-                    )
-        except FileNotFoundError:
-            pass  # the checkpoint was pruned (num_to_keep) after a better one replaced it
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish_trial(trial, FINISHED_STATUS)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish_trial(trial, FAILED_STATUS, reason=failure_reason(trial))
-
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """The search ended, or was interrupted (Ctrl-C: Tune stops, saves and ends here)."""
+        self.writer.close()  # every trial event's writes first (raises the first that failed)
         unfinished = [t for t in trials if not trial_ended(t)]
         if unfinished:  # interrupted: `--resume` continues these runs
             for trial in unfinished:

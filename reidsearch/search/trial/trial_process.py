@@ -2,8 +2,10 @@
 
 Why: a Ray Train run starts two more processes per trial (its controller and its worker), and
 each imports torch, timm and Ray Train again: 15-20 s of every trial on the 2-core dev machine
-(``benchmarks/bench_startup.py``). Tune reuses its trial processes, so a trial trained in place
-starts in well under a second once the first one has imported everything.
+(``benchmarks/bench_startup.py``). The search asks Tune to reuse its trial processes
+(``reuse_actors``: Tune's default starts a fresh one per trial, ~6 s of imports on 2 CPUs), so a
+trial trained in place starts in well under a second once the first one has imported everything;
+every trial seeds its own generators, so a reused process trains as a fresh one would.
 
 What Ray Train did for one worker is kept:
 
