@@ -87,8 +87,9 @@ def _pairs(
     return qi, gi, ex_q, ex_g
 
 
-# On a CPU the scores come in blocks of at least this many rows: numpy's matmul of 256-row
-# chunks measured 1.3x slower than the whole query x gallery matmul, of 1,024-row blocks 1.02x.
+# Without control of numpy's BLAS threads, the CPU scores come in blocks of at least this many
+# rows: its 2-thread matmul of 256-row chunks measured 1.3x the whole query x gallery matmul, of
+# 1,024-row blocks 1.02x. (With one BLAS thread per worker, each chunk's matmul has a core.)
 CPU_BLOCK_ROWS = 1024
 
 
@@ -108,10 +109,11 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Metrics from a row-block score provider ``scores_fn(start, stop) -> (B, num_g)`` tensor.
 
-    Rows are ranked in chunks of ``chunk_size``; on a CPU several chunks share one score block
-    (``CPU_BLOCK_ROWS``) and ``workers`` threads rank them side by side (the ranking ops run on
-    one torch thread each and release the GIL, numpy's sort too). Returns the keys documented
-    in ``evaluate``.
+    Rows are ranked in chunks of ``chunk_size``. On a CPU with ``workers`` > 1 each worker
+    thread scores (numpy's BLAS on one thread) and ranks its own chunks; without control of
+    the BLAS threads, several chunks share one score block (``CPU_BLOCK_ROWS``) that the workers
+    rank side by side (the ranking ops run on one torch thread each and release the GIL, numpy's
+    sort too). Returns the keys documented in ``evaluate``.
     """
     index_bits = max(1, (max(num_g, 1) - 1).bit_length())
     if index_bits > 28:

@@ -42,7 +42,7 @@ class single_thread:
 
     The rank counting is many short element-wise ops; with 2 intra-op threads each one pays a
     fork/join that cost more than the op itself (measured 17 ms vs 276 ms per chunk on a busy
-    2-core machine). The big matmul runs in numpy's OpenBLAS and keeps its own threads.
+    2-core machine). The big matmul runs in numpy's OpenBLAS (see ``blas_single``).
     """
 
     def __init__(self, enabled: bool = True) -> None:
