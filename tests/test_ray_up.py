@@ -53,8 +53,14 @@ def _forward(onprem: Path, env: dict, ports: list[int]):
     cmd = [str(BIN / "ray"), "exec", str(onprem), "sleep 3600"]
     for port in ports:
         cmd += ["--port-forward", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         for port in ports:
@@ -73,9 +79,15 @@ def _space(folder: Path, storage: str) -> Path:
     """The search the rehearsal submits: its folder holds ``rehearsal.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
     fixed = tiny_config_dict(epochs=1, **{"data.synthetic.seed": 13})
-    tiny_space(folder, EXPERIMENT, fixed=fixed, seed=0, storage_path=storage,
-               resources={"workers": 1, "cpus_per_worker": 1},  # Ray Train, on the worker
-               mlflow={"experiment": EXPERIMENT})  # the server: MLFLOW_TRACKING_URI on the head
+    tiny_space(
+        folder,
+        EXPERIMENT,
+        fixed=fixed,
+        seed=0,
+        storage_path=storage,
+        resources={"workers": 1, "cpus_per_worker": 1},  # Ray Train, on the worker
+        mlflow={"experiment": EXPERIMENT},
+    )  # the server: MLFLOW_TRACKING_URI on the head
     return folder
 
 
@@ -84,9 +96,26 @@ def _cluster_file(root: Path, bucket: str, head, worker, key: Path) -> Path:
     cloud = root / "cluster.yaml"
     cloud.write_text((REPO / "cluster.yaml").read_text().replace("YOUR-BUCKET", bucket))
     local = root / "onprem.yaml"
-    cmd = [str(BIN / "reidsearch"), "cluster", "on-premise", str(cloud), "--head-ip", head.ip,
-           "--worker-ip", worker.ip, "--ssh-user", "root", "--ssh-key", str(key),
-           "--worker-cpus", "2", "--worker-gpus", "0", "-o", str(local)]
+    cmd = [
+        str(BIN / "reidsearch"),
+        "cluster",
+        "on-premise",
+        str(cloud),
+        "--head-ip",
+        head.ip,
+        "--worker-ip",
+        worker.ip,
+        "--ssh-user",
+        "root",
+        "--ssh-key",
+        str(key),
+        "--worker-cpus",
+        "2",
+        "--worker-gpus",
+        "0",
+        "-o",
+        str(local),
+    ]
     _run(cmd, dict(os.environ))
     return local
 
@@ -106,8 +135,10 @@ def _worker_setup_seconds(head) -> float | None:
     return round(int(found[-1]) / 1000, 1) if found else None
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.environ.get("REIDSEARCH_RAY_UP"),
-                    reason="needs root and REIDSEARCH_RAY_UP=1 (sshd start failed once in a fresh-clone CI run)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.environ.get("REIDSEARCH_RAY_UP"),
+    reason="needs root and REIDSEARCH_RAY_UP=1 (sshd start failed once in a fresh-clone CI run)",
+)
 def test_ray_up_search_ray_down_and_a_new_head_finds_and_resumes_it():
     ensure_openssh()
     phases: dict[str, float | None] = {}
@@ -137,10 +168,15 @@ def test_ray_up_search_ray_down_and_a_new_head_finds_and_resumes_it():
 def _rehearse(lab, laptop: Path, s3, phases: dict) -> None:
     head, worker = lab.hosts
     onprem = _cluster_file(lab.root, s3.bucket, head, worker, lab.key)
-    env = {**os.environ, "HOME": str(laptop), "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(laptop / ".reidsearch-ray" / "token"),
-           "PATH": f"{BIN}:{os.environ['PATH']}", "TMPDIR": str(laptop / "tmp"),
-           "RAY_TMPDIR": str(laptop / "tmp")}  # the launcher's state: laptop/tmp/ray
+    env = {
+        **os.environ,
+        "HOME": str(laptop),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(laptop / ".reidsearch-ray" / "token"),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "TMPDIR": str(laptop / "tmp"),
+        "RAY_TMPDIR": str(laptop / "tmp"),
+    }  # the launcher's state: laptop/tmp/ray
     for name in ("RAY_ADDRESS", "RAY_UP_enable_autoscaler_v2"):  # as a user has them: unset
         env.pop(name, None)
     ray = str(BIN / "ray")
@@ -155,12 +191,34 @@ def _rehearse(lab, laptop: Path, s3, phases: dict) -> None:
     timed("up (head: sync, setup, MLflow, ray start)", [ray, "up", "-y", str(onprem)])
     submitted = time.time()
     with _forward(onprem, env, [8265, 5000]):  # the job server and MLflow, token auth on
-        timed("search: job submit to end (2 trials x 1 epoch)", [
-            ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
-            str(job), "--", "reidsearch", "run", SPACE])
+        timed(
+            "search: job submit to end (2 trials x 1 epoch)",
+            [
+                ray,
+                "job",
+                "submit",
+                "--address",
+                "http://127.0.0.1:8265",
+                "--working-dir",
+                str(job),
+                "--",
+                "reidsearch",
+                "run",
+                SPACE,
+            ],
+        )
         trials = _trials("http://127.0.0.1:5000")  # the leaderboard, through the forward
-        board = _run([str(BIN / "reidsearch"), "leaderboard", "--tracking-uri",
-                      "http://127.0.0.1:5000", "--experiment", EXPERIMENT], env)
+        board = _run(
+            [
+                str(BIN / "reidsearch"),
+                "leaderboard",
+                "--tracking-uri",
+                "http://127.0.0.1:5000",
+                "--experiment",
+                EXPERIMENT,
+            ],
+            env,
+        )
     assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
     rows = [line for line in board.stdout.splitlines() if " finished " in line]
     assert len(rows) == 2, board.stdout  # `reidsearch leaderboard` through the forward
@@ -183,8 +241,10 @@ def _rehearse(lab, laptop: Path, s3, phases: dict) -> None:
     assert sorted(t.data.metrics["score"] for t in again) == scores
     # `ray exec` on the new head: the same search, extended to 3 trials.
     _run([ray, "rsync-up", str(onprem), str(job / SPACE), SPACE], env)
-    timed("resume to 3 trials (ray exec)",
-          [ray, "exec", str(onprem), f"reidsearch run {SPACE} --resume --trials 3"])
+    timed(
+        "resume to 3 trials (ray exec)",
+        [ray, "exec", str(onprem), f"reidsearch run {SPACE} --resume --trials 3"],
+    )
     with _forward(onprem, env, [5000]):
         resumed = _trials("http://127.0.0.1:5000")
     assert len(resumed) == 3
