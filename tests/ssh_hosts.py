@@ -78,26 +78,33 @@ def _sh(cmd: list[str]) -> None:
 
 def _image_mounts(host: Host, venv: Path) -> list[str]:
     """Shell lines (run in the host's fresh mount namespace) giving it its own home and /tmp,
-    the interpreter where it was, and the venv as an overlay with a layer of its own."""
+    the interpreter where it was, and the venv as an overlay with a layer of its own.
+
+    The image's folders are bound to a staging place first: the interpreter or the venv may
+    live under the home or /tmp the host is about to get (a CI clone under /tmp does), and a
+    path hidden by those mounts could no longer be bound or be an overlay's lower layer."""
     home = Path(pwd.getpwuid(0).pw_dir).resolve()  # where root's home is (ssh logs in as root)
-    interpreter = Path(sys.base_prefix).resolve()
+    image = host.root / "image"
+    staged = {"interpreter": Path(sys.base_prefix).resolve(), "venv": venv.resolve()}
     lines = []
-    if interpreter.is_relative_to(home):  # e.g. pyenv under /root: keep it visible
-        inside = host.home / interpreter.relative_to(home)
-        inside.mkdir(parents=True, exist_ok=True)
-        lines.append(f"mount --bind {interpreter} {inside}")
+    for name, path in staged.items():
+        (image / name).mkdir(parents=True, exist_ok=True)
+        lines.append(f"mount --bind {path} {image / name}")
     layer = host.root / "venv-layer"
     (layer / "upper").mkdir(parents=True, exist_ok=True)
     (layer / "work").mkdir(parents=True, exist_ok=True)
-    opts = f"lowerdir={venv},upperdir={layer}/upper,workdir={layer}/work"
+    opts = f"lowerdir={image / 'venv'},upperdir={layer}/upper,workdir={layer}/work"
     lines += [
         f"mount --rbind {host.home} {home}",
         f"mount --bind {host.tmp} /tmp",
-        f"mount -t overlay overlay -o {opts} {venv}",
+        # Back where they were (e.g. pyenv under /root): in the host's own home or /tmp now.
+        f"mkdir -p {staged['interpreter']} {staged['venv']}",
+        f"mount --bind {image / 'interpreter'} {staged['interpreter']}",
+        f"mount -t overlay overlay -o {opts} {staged['venv']}",
         # The image has the dependencies, not the project: the node's set-up installs the copy
         # the launcher synced (this only whites the files out in the host's own layer).
-        f"rm -rf {venv}/lib/python*/site-packages/__editable__*reidsearch*",
-        f"rm -rf {venv}/lib/python*/site-packages/reidsearch-*.dist-info",
+        f"rm -rf {staged['venv']}/lib/python*/site-packages/__editable__*reidsearch*",
+        f"rm -rf {staged['venv']}/lib/python*/site-packages/reidsearch-*.dist-info",
         "mount -t tmpfs -o size=4g tmpfs /dev/shm",  # Ray's object store, per host
     ]
     return lines
@@ -117,13 +124,17 @@ def _sshd_config(host: Host, authorized: Path) -> Path:
     return cfg
 
 
-def _wait_for_ssh(ip: str, timeout: float = 30) -> None:
+def _wait_for_ssh(host: Host, sshd: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the host's sshd accepts; its own log in the error when it exited or never did."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((ip, 22), timeout=1):
+    while time.monotonic() < deadline and sshd.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host.ip, 22), timeout=1):
             return
         time.sleep(0.2)
-    raise RuntimeError(f"sshd on {ip}:22 did not answer within {timeout:g} s")
+    done = sshd.poll() is not None
+    state = f"exited {sshd.returncode}" if done else f"no answer in {timeout:g} s"
+    log = (host.root / "sshd.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"sshd on {host.ip}:22 ({host.name}): {state}; its log:\n{log}")
 
 
 def _kill_namespace(name: str) -> None:
@@ -177,7 +188,7 @@ class Lab:
             self._wire(i, host)
             self._boot(host)
         for host in self.hosts:
-            _wait_for_ssh(host.ip)
+            _wait_for_ssh(host, self._sshd[host.name])
 
     def _wire(self, i: int, host: Host) -> None:
         _sh(["ip", "netns", "add", host.name])
@@ -223,7 +234,7 @@ class Lab:
         every process gone, the disk gone, the image as it was."""
         self._halt(host)
         self._boot(host)
-        _wait_for_ssh(host.ip)
+        _wait_for_ssh(host, self._sshd[host.name])
 
     def stop(self) -> None:
         for host in self.hosts:
