@@ -78,8 +78,30 @@ def tiny_space(folder: Path, name: str, epochs: int = 1, **fields) -> Path:
         **fields,
     }
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in space.items() if v is not None}))
+    kept = {k: v for k, v in space.items() if v is not None}
+    path.write_text(yaml.safe_dump(kept, sort_keys=False))  # search order matters (conditions)
     return path
+
+
+def tiny_tracker(folder: Path, epochs: int = 4, background: bool = False):
+    """A search's MLflow tracker over ``folder`` (its sqlite store, folders and space file), as a
+    (re)started driver builds it for the tiny config."""
+    from reidsearch.config import ObjectiveConfig
+    from reidsearch.search.driver.tracker import MLflowSearchTracker
+
+    space_file = folder / "space.yaml"
+    space_file.write_text("name: t\n")
+    return MLflowSearchTracker(
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        experiment="t",
+        search_name="t",
+        experiment_dir=str(folder / "search"),
+        train_storage=str(folder / "search" / "train"),
+        space_file=str(space_file),
+        fixed=tiny_config_dict(epochs=epochs),
+        objective=ObjectiveConfig(),
+        background=background,
+    )
 
 
 def learnable_config_dict(**overrides) -> dict:

@@ -46,7 +46,7 @@ def _result(epoch: int, score_epoch: int, score: float, **extra) -> dict:
 def test_a_replayed_epoch_the_driver_logged_but_did_not_save_keeps_its_score(tmp_path):
     from types import SimpleNamespace
 
-    from tests.test_tracker_resume import make_tracker as tracker
+    from tests.conftest import tiny_tracker as tracker
 
     trial = SimpleNamespace(trial_id="t1", config={}, status="RUNNING")
     first = tracker(tmp_path)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reidsearch.evaluation import rerank, sets
+from reidsearch.evaluation.jaccard import query_chunks
 from reidsearch.evaluation.neighbours import key_similarity, nearest_symmetric, order_keys
 
 
@@ -123,3 +124,22 @@ def test_cpu_paths_equal_the_device_neutral_code(k1: int, k2: int) -> None:
         cpu = rerank._rerank(*args, workers=2)
         neutral = rerank._rerank(*args, workers=2, cpu_paths=False)
     torch.testing.assert_close(cpu, neutral, atol=1e-6, rtol=0)
+
+
+def test_output_pass_in_worker_threads_equals_one_thread() -> None:
+    """The last pass split over worker threads (each its own buffer, every other query chunk)
+    writes exactly what one thread writes, and chunks honour their row and pair budgets."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((10, 12))
+    x = centres[rng.integers(0, 10, 200)] + 0.8 * rng.standard_normal((200, 12))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    dist = rerank._FeatureDistance(torch.from_numpy(x))
+    with torch.inference_mode():
+        one = rerank._rerank(dist, 40, 20, 6, 0.3, 8, 500, workers=1)
+        two = rerank._rerank(dist, 40, 20, 6, 0.3, 8, 500, workers=2)
+    assert torch.equal(one, two)
+    work = rng.integers(0, 50, 300)
+    chunks = query_chunks(work, rows_max=7, max_pairs=120)
+    assert [c for ab in chunks for c in range(*ab)] == list(range(300))  # every row, once
+    for a, b in chunks:
+        assert b - a <= 7 and (b - a == 1 or work[a:b].sum() <= 120)

@@ -7,32 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_config_dict, tiny_space  # noqa: E402
 
 
 def _space(folder: Path, **fields) -> Path:
-    space = {
-        "name": "scores",
-        # Same-camera matches kept: a 3-epoch tiny model ranks every cross-camera match below
-        # its own camera's images (rank-1 0 everywhere), and rank-1 should differ between trials.
-        "fixed": tiny_config_dict(epochs=3, **{"eval.use_camera": False}),
-        "search": {"model.lam": {"type": "uniform", "low": 0.5, "high": 10.0}},
-        "trials": 3,
-        "max_concurrent": 2,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-    }
-    space.update(fields)
-    path = folder / "scores.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+    # Same-camera matches kept: a 3-epoch tiny model ranks every cross-camera match below
+    # its own camera's images (rank-1 0 everywhere), and rank-1 should differ between trials.
+    fixed = tiny_config_dict(epochs=3, **{"eval.use_camera": False})
+    return tiny_space(folder, "scores", fixed=fixed, trials=3, **fields)
 
 
 def _optuna_values(experiment_dir: str) -> dict[str, float]:

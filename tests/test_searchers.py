@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 import reidsearch
 from reidsearch.errors import ConfigError
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_space
 
 NUMBERS = {
     "model.lam": {"type": "uniform", "low": 0.5, "high": 10.0},
@@ -46,22 +45,8 @@ SAMPLERS = {
 
 
 def _space_file(folder: Path, **fields) -> Path:
-    space = {
-        "name": "searchers",
-        "fixed": tiny_config_dict(epochs=1),
-        "search": dict(NUMBERS),
-        "trials": 3,
-        "max_concurrent": 2,
-        "seed": 5,
-        "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
-        "storage_path": str(folder / "runs"),
-        "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"},
-    }
-    space.update(fields)
-    path = folder / "searchers.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+    fields = {"search": dict(NUMBERS), "trials": 3, "seed": 5, **fields}
+    return tiny_space(folder, fields.pop("name", "searchers"), **fields)
 
 
 def _sampler(searcher) -> object:

@@ -18,10 +18,9 @@ import pytest
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from reidsearch.config import ObjectiveConfig  # noqa: E402
 from reidsearch.search.driver.background import BackgroundWriter  # noqa: E402
 from reidsearch.search.driver.tracker import MLflowSearchTracker  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_tracker  # noqa: E402
 
 
 def test_calls_run_in_order_off_the_callers_thread_and_errors_come_back():
@@ -76,22 +75,6 @@ class GatedClient:
             return method(*args, **kwargs)
 
         return gated
-
-
-def _tracker(folder: Path, background: bool) -> MLflowSearchTracker:
-    space_file = folder / "space.yaml"
-    space_file.write_text("name: t\n")
-    return MLflowSearchTracker(
-        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        experiment="t",
-        search_name="t",
-        experiment_dir=str(folder / "search"),
-        train_storage=str(folder / "search" / "train"),
-        space_file=str(space_file),
-        fixed=tiny_config_dict(epochs=2),
-        objective=ObjectiveConfig(),
-        background=background,
-    )
 
 
 def _trial(trial_id: str, lam: float) -> SimpleNamespace:
@@ -183,9 +166,9 @@ def test_trial_events_do_not_wait_for_mlflow_and_everything_is_written_by_the_en
     async_dir.mkdir()
     gate = threading.Event()
     gate.set()
-    _drive(_tracker(sync_dir, background=False), sync_dir, gate)
+    _drive(tiny_tracker(sync_dir, epochs=2), sync_dir, gate)
 
-    tracker = _tracker(async_dir, background=True)
+    tracker = tiny_tracker(async_dir, epochs=2, background=True)
     before = int(time.time() * 1000)
     slowest, opened = _drive(tracker, async_dir, gate)
     assert slowest < 1.0  # every event returned while no MLflow call could run
@@ -236,7 +219,7 @@ def test_a_run_the_driver_died_before_recording_is_deleted_on_resume(tmp_path):
     """Queued writes widen the moment between creating a trial's run and saving the state that
     names it; a driver killed there leaves a run no state names. The resumed search deletes it
     (nothing but params is ever logged to it first), and the trial gets one run."""
-    tracker = _tracker(tmp_path, background=True)
+    tracker = tiny_tracker(tmp_path, epochs=2, background=True)
     tracker.setup()
     trial = _trial("a", 2.0)
     tracker.on_trial_start(0, [trial], trial)
@@ -247,7 +230,7 @@ def test_a_run_the_driver_died_before_recording_is_deleted_on_resume(tmp_path):
         state["experiment_id"], tags={"mlflow.parentRunId": state["parent"]}
     ).info.run_id
 
-    resumed = _tracker(tmp_path, background=True)
+    resumed = tiny_tracker(tmp_path, epochs=2, background=True)
     resumed.setup()
     assert client.get_run(lost).info.lifecycle_stage == "deleted"
     kept = state["trials"]["a"]["run_id"]

@@ -11,9 +11,7 @@ import pytest
 pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from reidsearch.config import ObjectiveConfig  # noqa: E402
-from reidsearch.search.driver.tracker import MLflowSearchTracker  # noqa: E402
-from tests.conftest import tiny_config_dict  # noqa: E402
+from tests.conftest import tiny_tracker  # noqa: E402
 
 
 def _trial(trial_id: str, status: str = "RUNNING", done: bool = False) -> SimpleNamespace:
@@ -31,27 +29,10 @@ def _result(epoch: int, **extra) -> dict:
     return {"epoch": epoch, "loss": 1.0 / epoch, "mAP": 0.1 * epoch, **extra}
 
 
-def make_tracker(tmp_path) -> MLflowSearchTracker:
-    """A search's tracker over ``tmp_path`` (its sqlite store, folders and space file), as a
-    (re)started driver builds it."""
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text("name: t\n")
-    return MLflowSearchTracker(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        experiment="t",
-        search_name="t",
-        experiment_dir=str(tmp_path / "search"),
-        train_storage=str(tmp_path / "search" / "train"),
-        space_file=str(space_file),
-        fixed=tiny_config_dict(epochs=4),
-        objective=ObjectiveConfig(),
-    )
-
-
 @pytest.mark.fault("fault")
 def test_the_tracker_keeps_one_run_per_trial_and_every_epoch_once_across_restarts(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = make_tracker(tmp_path)
+    tracker = tiny_tracker(tmp_path)
     pickled = pickle.dumps(tracker)  # Tune keeps the callback as it was at the start
     tracker.setup()
     failed, lost, cut = _trial("failed"), _trial("lost"), _trial("cut")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reidsearch.evaluation.jaccard import SparseV, expand_rows, write_output
 from reidsearch.evaluation.neighbours import nearest_rows, nearest_symmetric
 from reidsearch.evaluation.sets import expanded_sets
 from reidsearch.evaluation.tensors import as_float_tensor, matmul_t, single_thread
@@ -193,15 +194,6 @@ def _row_ptr(rows: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([rows.new_zeros(1), torch.cumsum(torch.bincount(rows, minlength=n), 0)])
 
 
-def _expand_rows(ptr: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each entry of ``which`` (row ids), the positions of that row's elements."""
-    cnt = ptr[which + 1] - ptr[which]
-    owner = torch.repeat_interleave(torch.arange(len(which), device=ptr.device), cnt)
-    start = torch.cumsum(cnt, 0) - cnt
-    pos = ptr[which][owner] + torch.arange(int(cnt.sum()), device=ptr.device) - start[owner]
-    return owner, pos
-
-
 def _query_expansion(
     vr: torch.Tensor,
     vc: torch.Tensor,
@@ -230,7 +222,7 @@ def _query_expansion(
         rows = torch.repeat_interleave(torch.arange(n), crow[1:] - crow[:-1])
         return rows, expanded.col_indices(), expanded.values()
     src_row = torch.arange(n, device=ranks.device).repeat_interleave(nb.shape[1])
-    owner, pos = _expand_rows(ptr, nb.reshape(-1))
+    owner, pos = expand_rows(ptr, nb.reshape(-1))
     key = src_row[owner] * n + vc[pos]
     key, order = torch.sort(key)
     val = vv[pos][order]
@@ -283,53 +275,13 @@ def _rerank(
     order = torch.argsort(gcol * num_g + gr)
     gr, gcol, gval = gr[order], gcol[order], gval[order]
     col_ptr = _row_ptr(gcol, n)
-    col_cnt = col_ptr[1:] - col_ptr[:-1]
 
     q_sel = vr < num_q
     qr, qc, qv = vr[q_sel], vc[q_sel], vv[q_sel]
-    q_ptr = _row_ptr(qr, num_q)
-    work = _segment_sum(col_cnt[qc], qr, num_q).cpu().numpy()  # expanded pairs per query
-
-    # Per chunk of queries: out = (1 - lambda) * (1 - acc / (2 - acc)) + lambda * d / rowmax,
-    # with acc = sum(min(Vq, Vg)) zero for most pairs (no shared column). So the dense part,
-    # (1 - lambda) + lambda * d / rowmax, is two in-place passes over out, and the Jaccard term
-    # is subtracted only where acc > 0 (acc: one zeroed buffer, cleared where it was written).
-    rows_max = max(1, min(chunk, num_q, (1 << 24) // max(num_g, 1)))  # acc: 64 MB at most
-    acc = torch.zeros(rows_max * num_g, dtype=torch.float32, device=dist.device)
-    start = 0
-    while start < num_q:
-        stop = start + 1
-        acc_work = int(work[start])
-        while stop < num_q and stop - start < rows_max and acc_work + work[stop] <= max_pairs:
-            acc_work += int(work[stop])
-            stop += 1
-        a, b = int(q_ptr[start]), int(q_ptr[stop])
-        owner, pos = _expand_rows(col_ptr, qc[a:b])
-        mins = torch.minimum(qv[a:b][owner], gval[pos])
-        flat = (qr[a:b][owner] - start) * num_g + gr[pos]
-        del owner, pos
-        acc.index_add_(0, flat, mins.float())
-        del mins
-        rows = out[start:stop]
-        _dense_part(dist, rows, rowmax[start:stop], lambda_value)
-        # Written per pair entry; a pair listed twice gets the same value twice.
-        shared = acc[flat].double()
-        flat_rows = rows.view(-1)
-        jac = ((1.0 - lambda_value) * shared / (2.0 - shared)).float()
-        flat_rows[flat] = flat_rows[flat] - jac
-        acc[flat] = 0.0
-        del flat, shared, jac
-        start = stop
+    v = SparseV(qr, qc, qv, _row_ptr(qr, num_q), gr, gval, col_ptr)
+    features = isinstance(dist, _FeatureDistance)
+    write_output(out, v, rowmax[:num_q], lambda_value, features, max_pairs, chunk, workers)
     return out
-
-
-def _dense_part(dist: Any, rows: torch.Tensor, rowmax: torch.Tensor, lam: float) -> None:
-    """closeness rows -> (1 - lam) + lam * d / rowmax, in place (two passes for features)."""
-    if isinstance(dist, _FeatureDistance):  # d = 2 - 2 c: alpha * (1 - c) + (1 - lam)
-        alpha = (2.0 * lam) / rowmax[:, None]
-        rows.mul_(-alpha).add_(alpha + (1.0 - lam))
-    else:
-        dist.to_dist_(rows).div_(rowmax[:, None]).mul_(lam).add_(1.0 - lam)
 
 
 def _finish(out: torch.Tensor, like: Any) -> Any:
