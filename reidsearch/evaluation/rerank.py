@@ -127,7 +127,10 @@ def _pair_dist(
     out = torch.empty(len(i), dtype=near.dtype, device=near.device)
     todo = torch.arange(len(i), device=i.device)
     for a, b in ((i, j), (j, i)):
-        want = a[todo] * n + b[todo]
+        # Sorted lookups: the reverse ones come in random order, and random binary searches
+        # in the N x 64 keys cost ~5x sorting them first (cache misses).
+        want, perm = torch.sort(a[todo] * n + b[todo])
+        todo = todo[perm]
         at = torch.searchsorted(keys, want).clamp_(max=len(keys) - 1)
         found = keys[at] == want
         out[todo[found]] = vals[at[found]]
