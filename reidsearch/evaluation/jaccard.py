@@ -13,11 +13,14 @@ so two threads (torch's ops release the GIL) each take every other chunk with th
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from reidsearch.evaluation.tensors import segment_sum
 
 
 @dataclass(frozen=True)
@@ -43,16 +46,6 @@ def expand_rows(ptr: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, t
     return owner, pos
 
 
-def dense_part(rows: torch.Tensor, rowmax: torch.Tensor, lam: float, features: bool) -> None:
-    """Closeness rows -> (1 - lam) + lam * d / rowmax, in place (two passes for features,
-    where d = 2 - 2 c: alpha * (1 - c) + (1 - lam); else closeness is -d)."""
-    if features:
-        alpha = (2.0 * lam) / rowmax[:, None]
-        rows.mul_(-alpha).add_(alpha + (1.0 - lam))
-    else:
-        rows.neg_().div_(rowmax[:, None]).mul_(lam).add_(1.0 - lam)
-
-
 def query_chunks(work: np.ndarray, rows_max: int, max_pairs: int) -> list[tuple[int, int]]:
     """Consecutive query ranges of at most ``rows_max`` rows and ``max_pairs`` expanded pairs
     (a single query over the budget is a range of its own)."""
@@ -72,15 +65,15 @@ def write_output(
     v: SparseV,
     rowmax: torch.Tensor,
     lam: float,
-    features: bool,
+    dense_part_: Callable[[torch.Tensor, torch.Tensor, float], None],
     max_pairs: int,
     chunk: int,
     workers: int = 1,
 ) -> None:
-    """Turn ``out`` (Q, G closeness rows) into the re-ranked distances, in place."""
+    """Turn ``out`` (Q, G closeness rows) into the re-ranked distances, in place;
+    ``dense_part_`` (the distance's own) makes rows (1 - lam) + lam * d / rowmax."""
     num_q, num_g = out.shape
-    work = torch.zeros(num_q, dtype=v.q_ptr.dtype, device=v.qr.device)
-    work.index_add_(0, v.qr, (v.col_ptr[1:] - v.col_ptr[:-1])[v.qc])  # expanded pairs per query
+    work = segment_sum((v.col_ptr[1:] - v.col_ptr[:-1])[v.qc], v.qr, num_q)  # pairs per query
     rows_max = max(1, min(chunk, num_q, (1 << 24) // max(num_g, 1)))  # acc: 64 MB at most
     workers = max(1, workers if out.device.type == "cpu" else 1)
     chunks = query_chunks(work.cpu().numpy(), rows_max, max(1, max_pairs // workers))
@@ -103,7 +96,7 @@ def write_output(
         acc.index_add_(0, flat, mins.float())
         del mins
         rows = out[start:stop]
-        dense_part(rows, rowmax[start:stop], lam, features)
+        dense_part_(rows, rowmax[start:stop], lam)
         # Written per pair entry; a pair listed twice gets the same value twice.
         shared = acc[flat].double()
         flat_rows = rows.view(-1)

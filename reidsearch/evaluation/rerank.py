@@ -35,7 +35,7 @@ import torch
 from reidsearch.evaluation.jaccard import SparseV, expand_rows, write_output
 from reidsearch.evaluation.neighbours import nearest_rows, nearest_symmetric
 from reidsearch.evaluation.sets import expanded_sets
-from reidsearch.evaluation.tensors import as_float_tensor, matmul_t, single_thread
+from reidsearch.evaluation.tensors import as_float_tensor, matmul_t, segment_sum, single_thread
 
 
 class _FeatureDistance:
@@ -58,8 +58,11 @@ class _FeatureDistance:
         return 2.0 - 2.0 * closeness
 
     @staticmethod
-    def to_dist_(closeness: torch.Tensor) -> torch.Tensor:
-        return closeness.mul_(-2.0).add_(2.0)
+    def dense_part_(rows: torch.Tensor, rowmax: torch.Tensor, lam: float) -> None:
+        """Closeness rows -> (1 - lam) + lam * d / rowmax in place: with d = 2 - 2 c that is
+        alpha * (1 - c) + (1 - lam), two passes."""
+        alpha = (2.0 * lam) / rowmax[:, None]
+        rows.mul_(-alpha).add_(alpha + (1.0 - lam))
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor, step: int = 16384) -> torch.Tensor:
         out = torch.empty(len(i), device=self.feats.device, dtype=self.feats.dtype)
@@ -97,8 +100,9 @@ class _MatrixDistance:
         return -closeness
 
     @staticmethod
-    def to_dist_(closeness: torch.Tensor) -> torch.Tensor:
-        return closeness.neg_()
+    def dense_part_(rows: torch.Tensor, rowmax: torch.Tensor, lam: float) -> None:
+        """Closeness rows (-d) -> (1 - lam) + lam * d / rowmax, in place."""
+        rows.neg_().div_(rowmax[:, None]).mul_(lam).add_(1.0 - lam)
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         nq = self.nq
@@ -188,11 +192,6 @@ def _expanded_sets(ranks: torch.Tensor, k1: int, chunk: int) -> tuple[torch.Tens
     return torch.cat(rows_out), torch.cat(cols_out)
 
 
-def _segment_sum(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.zeros(n, dtype=values.dtype, device=values.device)
-    return out.index_add_(0, seg, values)
-
-
 def _row_ptr(rows: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([rows.new_zeros(1), torch.cumsum(torch.bincount(rows, minlength=n), 0)])
 
@@ -230,7 +229,7 @@ def _query_expansion(
     key, order = torch.sort(key)
     val = vv[pos][order]
     uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
-    summed = _segment_sum(val, inverse, len(uniq)) / float(k2)
+    summed = segment_sum(val, inverse, len(uniq)) / float(k2)
     return uniq // n, uniq % n, summed
 
 
@@ -268,7 +267,7 @@ def _rerank(
     else:
         vr, vc = _expanded_sets(ranks, k1, chunk)
     w = torch.exp(-(_pair_dist(dist, ranks, near, vr, vc) / rowmax[vr]))
-    vv = w / _segment_sum(w, vr, n)[vr]
+    vv = w / segment_sum(w, vr, n)[vr]
     if k2 != 1:
         vr, vc, vv = _query_expansion(vr, vc, vv, ranks, min(k2, n), n, sparse=cpu)
 
@@ -282,8 +281,7 @@ def _rerank(
     q_sel = vr < num_q
     qr, qc, qv = vr[q_sel], vc[q_sel], vv[q_sel]
     v = SparseV(qr, qc, qv, _row_ptr(qr, num_q), gr, gval, col_ptr)
-    features = isinstance(dist, _FeatureDistance)
-    write_output(out, v, rowmax[:num_q], lambda_value, features, max_pairs, chunk, workers)
+    write_output(out, v, rowmax[:num_q], lambda_value, dist.dense_part_, max_pairs, chunk, workers)
     return out
 
 

@@ -101,6 +101,12 @@ class blas_single:
             blas[0](ctypes.c_int64(self.saved))
 
 
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``values`` per segment id ``seg`` in [0, n)."""
+    out = torch.zeros(n, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, seg, values)
+
+
 def orderable_bits(x: torch.Tensor) -> torch.Tensor:
     """Map float32 values to int64 in [0, 2**32) with the same order (-0.0 == +0.0)."""
     bits = (x.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)
