@@ -55,7 +55,7 @@ def test_run_joins_the_ray_running_on_this_machine(tmp_path):
         "trials": 2,
         "max_concurrent": 1,
         "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "runner": "trial_process"},
         "storage_path": str(tmp_path / "runs"),
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }

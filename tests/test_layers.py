@@ -251,3 +251,14 @@ def test_the_read_only_commands_import_no_ray():
     modules = sorted(m for m in MODULES if m.startswith(f"{S}.results"))
     loaded = _loaded("\n".join(f"import {m}" for m in modules))
     assert "ray" not in loaded
+
+
+def test_what_rays_per_trial_processes_unpickle_imports_no_model_code():
+    # Tune's trial process builds a Ray Train run and Train's controller unpickles its config:
+    # neither trains, and timm/torchvision (with torch's compiler) cost each ~2 s on two cores.
+    tune_side = _loaded(
+        "import reidsearch.search.trial.trainable, reidsearch.search.trial.failures\n"
+        "import reidsearch.engine.divergence"
+    )
+    assert not {"timm", "torchvision"} & set(tune_side)
+    assert "torch" not in _loaded("import reidsearch.search.trial.shipment")

@@ -135,7 +135,7 @@ def test_inputs_are_prepared_once_and_shipped_through_the_object_store(
     from reidsearch.engine.data import prepare_data
     from reidsearch.modeling.backbone import build_backbone
     from reidsearch.search.driver.shipping import ship_inputs
-    from reidsearch.search.trial.shipment import received_data, received_weights
+    from reidsearch.search.trial.received import received_data, received_weights
 
     source = build_backbone("vit_tiny_patch16_224", (64, 32), depth=2, embed_dim=64, num_heads=2)
     weights = tmp_path / "start.safetensors"

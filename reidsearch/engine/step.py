@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from reidsearch.engine.divergence import TrainingDiverged
+
 if TYPE_CHECKING:
     from reidsearch.data.augment import BatchAugment
     from reidsearch.engine.data import PreparedData
@@ -28,10 +30,6 @@ if TYPE_CHECKING:
 
 GPU_CACHE_LIMIT_BYTES = 8 * 1024**3
 NAN_CHECK_EVERY = 20  # steps between snapshots of the finite flag (read one period later)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the trial is stopped and marked failed."""
 
 
 def diverged(epoch: int) -> TrainingDiverged:

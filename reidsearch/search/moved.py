@@ -39,6 +39,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     f"{_S}.progress": (f"{_S}.driver.progress",),
     f"{_S}.ray_train": (
         f"{_S}.trial.torch_trainer",
+        f"{_S}.trial.train_loop",
         f"{_S}.trial.resume",
         f"{_S}.trial.drills",
         f"{_S}.trial.failures",
@@ -47,7 +48,11 @@ MOVED: dict[str, tuple[str, ...]] = {
     f"{_S}.schedulers": (f"{_S}.driver.schedulers", f"{_S}.keys"),
     f"{_S}.search_space": (f"{_S}.space.search_space",),
     f"{_S}.search_summary": (f"{_S}.results.summary",),
-    f"{_S}.shipping": (f"{_S}.trial.shipment", f"{_S}.driver.shipping"),
+    f"{_S}.shipping": (
+        f"{_S}.trial.shipment",
+        f"{_S}.trial.received",
+        f"{_S}.driver.shipping",
+    ),
     f"{_S}.single": (f"{_S}.driver.single_trial",),
     f"{_S}.space_loading": (f"{_S}.space.loading",),
     f"{_S}.space_schema": (f"{_S}.space.schema",),

@@ -10,8 +10,8 @@ from ray.train import TrainingFailedError
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from reidsearch.engine.divergence import TrainingDiverged
 from reidsearch.engine.run_local import export_best_model
-from reidsearch.engine.trainer import TrainingDiverged
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.cluster.capacity import check_one_trial_fits
 from reidsearch.search.cluster.ray_session import init_ray

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reidsearch.engine.trainer import TrainingDiverged
+from reidsearch.engine.divergence import TrainingDiverged
 from reidsearch.errors import ReidSearchError
 from reidsearch.search.keys import DIVERGED_KEY
 

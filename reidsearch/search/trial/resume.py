@@ -17,7 +17,8 @@ from reidsearch.config import TrialConfig
 from reidsearch.engine.scoring import EPOCH_SCORE_KEY
 from reidsearch.engine.trainer import TrainContext, train
 from reidsearch.search.keys import REPLAYED_KEY
-from reidsearch.search.trial.shipment import Shipment, received_data, received_weights
+from reidsearch.search.trial.received import received_data, received_weights
+from reidsearch.search.trial.shipment import Shipment
 
 
 def checkpoint_dir_name(epoch: int) -> str:

@@ -8,22 +8,17 @@ a node the first time a trial there asks and then serves every trial on that nod
 shared-memory array (zero-copy, read-only). Weights travel as the bytes of one
 ``.safetensors`` file, written once per node. A trial whose searched settings change the data
 or the backbone prepares its own (the identities below no longer match).
+
+Ray's Train controller unpickles a Shipment with every trial's config: this module imports no
+torch (a trial's worker receives what is shipped: :mod:`reidsearch.search.trial.received`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import ray
-
 from reidsearch.config import ModelConfig, TrialConfig
-from reidsearch.data.cache import ImageCache
-from reidsearch.engine.data import PreparedData, assemble, data_identity
-from reidsearch.storage import default_cache_root, write_bytes
-
-OBJECT_STORE = Path("<ray object store>")
 
 
 @dataclass(frozen=True)
@@ -47,26 +42,3 @@ def weights_identity(cfg: TrialConfig) -> dict[str, Any] | None:
         return None
     keys = {"backbone", "pretrained", "weights", "depth", "embed_dim", "num_heads"}
     return {**model.model_dump(include=keys), "size": [cfg.data.height, cfg.data.width]}
-
-
-def received_data(shipment: Shipment | None, cfg: TrialConfig) -> PreparedData | None:
-    """The shipped dataset if it is the one ``cfg`` trains on (else None: prepare locally)."""
-    if shipment is None or data_identity(cfg.data) != shipment.data_identity:
-        return None
-    images = ray.get(shipment.images)  # zero-copy view of this node's object store
-    prepared = assemble(ray.get(shipment.manifest), ImageCache(OBJECT_STORE, images))
-    prepared.query_leaks = shipment.query_leaks
-    prepared.unreadable = shipment.unreadable
-    return prepared
-
-
-def received_weights(shipment: Shipment | None, cfg: TrialConfig) -> Path | None:
-    """A node-local file of the shipped starting weights if they are ``cfg``'s (else None)."""
-    if shipment is None or shipment.weights is None:
-        return None
-    if weights_identity(cfg) != shipment.weights_identity:
-        return None
-    final = default_cache_root() / "weights" / f"{shipment.weights_sha}.safetensors"
-    if not final.is_file():  # concurrent trials write identical bytes; any one wins
-        write_bytes(str(final), ray.get(shipment.weights))
-    return final

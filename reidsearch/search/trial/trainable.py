@@ -13,7 +13,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from reidsearch.engine.trainer import TrainingDiverged
+from reidsearch.engine.divergence import TrainingDiverged
 from reidsearch.search.keys import DIVERGED, FINISHED
 from reidsearch.search.space.trials import resolve_trial
 from reidsearch.search.trial.failures import raise_if_diverged
@@ -24,7 +24,6 @@ from reidsearch.search.trial.outcome import (
     write_outcome,
 )
 from reidsearch.search.trial.torch_trainer import build_torch_trainer
-from reidsearch.search.trial.trial_process import run_in_trial
 
 
 def run_trial(config: dict[str, Any], fixed: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -67,6 +66,10 @@ def _run_in_process(
     cfg: Any, trial_id: str, run_dir: str, settings: dict[str, Any], started_at: float
 ) -> None:
     """``run_trial`` for ``runner: trial_process``: the same outcomes, without Ray Train."""
+    # Imported here: a Ray Train trial's Tune process does not train, and this module (with the
+    # engine, timm and torchvision) costs it about 2 s on two cores.
+    from reidsearch.search.trial.trial_process import run_in_trial
+
     try:
         metrics = run_in_trial(
             cfg,
