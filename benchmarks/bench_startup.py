@@ -173,6 +173,9 @@ def summarize(rows: list[dict], wall: float, concurrent: int) -> dict:
 
 def _other_checkout(code: Path, argv: list[str]) -> dict:
     """This benchmark's figures for the checkout in ``code`` (its own process and Ray)."""
+    import ray
+
+    ray.shutdown()  # this run's Ray: two at once would share the cores (and confuse Ray Train)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "PYTHONPATH": str(code)}  # Ray's workers import it too
         command = [sys.executable, __file__, *argv, "--code", str(code), "--json", out.name]
