@@ -3,8 +3,8 @@
 
 Ray Train sets up the process group (gloo on CPU, nccl on GPU); the engine wraps the model in
 DDP. The trainer is built in Tune's trial process, which does not train: the loop's module is
-imported where the loop runs, so that only the workers import timm and torchvision (about 2 s
-of every trial on two cores: ``benchmarks/bench_startup.py``).
+imported where the loop runs, so that only the workers import timm and torchvision (1.4 s of
+every trial's Tune process on two cores: benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -12,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.torch
 import torch
 from ray.train import Checkpoint
 
 from reidsearch.config import TrialConfig
 from reidsearch.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from reidsearch.engine.trainer import (
-    CheckpointPayload,
-    TrainContext,
-    TrainingDiverged,
-    format_epoch,
-)
+from reidsearch.engine.divergence import TrainingDiverged
+from reidsearch.engine.trainer import CheckpointPayload, TrainContext, format_epoch
 from reidsearch.search.keys import DIVERGED_KEY, NODE_KEY
 from reidsearch.search.trial.drills import crash_once
 from reidsearch.search.trial.resume import checkpoint_dir_name, resume_and_train

@@ -67,7 +67,7 @@ def _run_in_process(
 ) -> None:
     """``run_trial`` for ``runner: trial_process``: the same outcomes, without Ray Train."""
     # Imported here: a Ray Train trial's Tune process does not train, and this module (with the
-    # engine, timm and torchvision) costs it about 2 s on two cores.
+    # engine, timm and torchvision) cost it 1.4 s on two cores (benchmarks/README.md).
     from reidsearch.search.trial.trial_process import run_in_trial
 
     try:
